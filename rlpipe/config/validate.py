@@ -1,0 +1,69 @@
+"""Checks that need more than a type: run once, before Ray or any actor starts. Errors name the field."""
+
+from __future__ import annotations
+
+from rlpipe.config.schema import Config
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _choice(field: str, value: str, valid) -> list[str]:
+    valid = sorted(valid)
+    return [] if value in valid else [f"{field}={value!r} is not one of {valid}"]
+
+
+def _positive(field: str, value: float) -> list[str]:
+    return [] if value > 0 else [f"{field} must be > 0 (got {value})"]
+
+
+def validate(cfg: Config) -> None:
+    from rlpipe.algos.advantages import ADVANTAGE_ESTIMATORS
+    from rlpipe.algos.policy_loss import POLICY_LOSSES
+
+    a, r, lr, t, c = cfg.algorithm, cfg.rollout, cfg.learner, cfg.trainer, cfg.cluster
+    errors: list[str] = []
+    errors += _choice("algorithm.advantage", a.advantage, ADVANTAGE_ESTIMATORS.names())
+    errors += _choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
+    errors += _choice("algorithm.loss_aggregation", a.loss_aggregation,
+                      ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+    errors += _choice("algorithm.kl_estimator", a.kl_estimator, ["k1", "k2", "k3"])
+    errors += _choice("algorithm.kl_level", a.kl_level, ["token", "sequence"])
+    errors += _choice("algorithm.kl_in", a.kl_in, ["loss", "reward"])
+    errors += _choice("rollout.engine", r.engine, ["vllm", "hf"])
+    errors += _choice("learner.backend", lr.backend, ["fsdp2", "deepspeed"])
+    errors += _choice("cluster.mode", c.mode, ["ray", "local"])
+    errors += _choice("cluster.placement", c.placement, ["colocated", "split"])
+    errors += _choice("cluster.learner_placement_strategy", c.learner_placement_strategy,
+                      ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+    errors += _choice("data.task", cfg.data.task, ["arithmetic", "file"])
+    for name, value in [
+        ("trainer.total_steps", t.total_steps), ("data.prompts_per_step", cfg.data.prompts_per_step),
+        ("rollout.samples_per_prompt", r.samples_per_prompt), ("rollout.max_response_tokens", r.max_response_tokens),
+        ("rollout.num_engines", r.num_engines), ("learner.num_workers", lr.num_workers),
+        ("learner.updates_per_step", lr.updates_per_step), ("learner.micro_batch_samples", lr.micro_batch_samples),
+        ("learner.lr", lr.lr), ("verifier.num_workers", cfg.verifier.num_workers),
+        ("trainer.eval_every_steps", t.eval_every_steps), ("data.heldout_size", cfg.data.heldout_size),
+    ]:
+        errors += _positive(name, value)
+    if r.temperature < 0:
+        errors.append(f"rollout.temperature must be >= 0 (got {r.temperature})")
+    if a.kl_coef < 0:
+        errors.append(f"algorithm.kl_coef must be >= 0 (got {a.kl_coef})")
+    if a.loss_aggregation == "seq_mean_token_sum_norm" and a.loss_constant is not None and a.loss_constant <= 0:
+        errors.append("algorithm.loss_constant must be > 0")
+    if c.mode == "local" and lr.num_workers != 1:
+        errors.append(f"cluster.mode=local runs everything in one process, so learner.num_workers must be 1 "
+                      f"(got {lr.num_workers}); `cluster=local` selects both")
+    if c.mode == "local" and (r.num_engines != 1 or cfg.verifier.num_workers != 1):
+        errors.append("cluster.mode=local runs one rollout engine and one verifier (rollout.num_engines=1, "
+                      "verifier.num_workers=1)")
+    if cfg.data.prompts_per_step * r.samples_per_prompt < lr.num_workers:
+        errors.append("data.prompts_per_step * rollout.samples_per_prompt must be >= learner.num_workers")
+    if cfg.data.task == "file" and not cfg.data.file:
+        errors.append("data.task=file needs data.file")
+    if t.save_every_steps < 0:
+        errors.append("trainer.save_every_steps must be >= 0")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

@@ -1,0 +1,1 @@
+"""The driver: builds the roles, runs the RL step, evaluates, logs."""

@@ -1,0 +1,93 @@
+"""Ray session and placement: start or join Ray, place learner ranks in a placement group, size the actors."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+log = logging.getLogger(__name__)
+
+# Environment every role process gets. Values the driver's own environment sets win (so a cluster's settings,
+# e.g. GLOO_SOCKET_IFNAME for its network, pass through).
+ACTOR_ENV_DEFAULTS = {
+    "OMP_NUM_THREADS": "1",  # torch's default thread count on shared cores made steps 5-80x slower
+    "TOKENIZERS_PARALLELISM": "false",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine core runs inside the rollout actor's own process
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+}
+PASS_THROUGH = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "DS_ACCELERATOR", "VLLM_CPU_KVCACHE_SPACE",
+                "WANDB_MODE", "RLPIPE_MASTER_ADDR", "CUDA_VISIBLE_DEVICES")
+
+
+def actor_env() -> dict[str, str]:
+    env = {k: os.environ.get(k, v) for k, v in ACTOR_ENV_DEFAULTS.items()}
+    env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
+    return env
+
+
+@contextmanager
+def ray_session(address: Optional[str], num_cpus: int) -> Iterator[None]:
+    """Join ``address`` (or RAY_ADDRESS, e.g. under ``ray job submit``), else start a private local instance.
+
+    A locally started instance lives in its own temp dir and is shut down with the run; it never touches other
+    Ray instances on the machine.
+    """
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        log.info("joined Ray cluster at %s", address)
+    else:
+        # Short path: Ray's unix sockets live under the temp dir and are limited to ~107 characters.
+        temp_dir = tempfile.mkdtemp(prefix="rlpipe-ray-", dir="/tmp")
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, log_to_driver=True,
+                 configure_logging=False)
+        log.info("started a local Ray instance (%d logical CPUs, temp dir %s)", num_cpus, temp_dir)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def learner_actor_options(num_ranks: int, strategy: str, timeout_s: float) -> list[dict]:
+    """One placement-group bundle per learner rank (PACK / SPREAD / STRICT_SPREAD across nodes)."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    gpu = cluster_has_gpus()
+    bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
+    pg = ray.util.placement_group([dict(bundle) for _ in range(num_ranks)], strategy=strategy)
+    if not pg.wait(timeout_seconds=timeout_s):
+        raise RuntimeError(
+            f"could not place {num_ranks} learner ranks ({bundle} each, strategy {strategy}) within {timeout_s:.0f} s;"
+            f" cluster resources: {ray.cluster_resources()}"
+        )
+    return [
+        dict(
+            num_cpus=1,
+            num_gpus=1 if gpu else 0,
+            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            runtime_env={"env_vars": actor_env()},
+        )
+        for i in range(num_ranks)
+    ]
+
+
+def role_actor_options(count: int, *, gpus: float = 0.0, cpus: float = 1.0, max_restarts: int = 0) -> list[dict]:
+    return [
+        dict(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts, runtime_env={"env_vars": actor_env()})
+        for _ in range(count)
+    ]

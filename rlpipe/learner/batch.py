@@ -1,0 +1,111 @@
+"""The training batch: prompts left-padded, responses right-padded, so every response starts at column P.
+
+Layout, with N samples, P = longest prompt, T = longest response:
+
+    input_ids       [N, P+T]  pad ... pad p_0 .. p_k | r_0 .. r_m pad ... pad
+    attention_mask  [N, P+T]  False on pads
+    position_ids    [N, P+T]  0.. counted over real tokens only (what the rollout engine saw)
+    response_mask   [N, T]    True on real response tokens; logprobs[:, t] is the logprob of input_ids[:, P+t]
+
+Response-aligned tensors ([N, T]) line up column by column with the rollout engine's logprobs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Optional, Sequence
+
+import torch
+
+
+@dataclass
+class TrainBatch:
+    input_ids: torch.Tensor  # [N, P+T] long
+    attention_mask: torch.Tensor  # [N, P+T] bool
+    position_ids: torch.Tensor  # [N, P+T] long
+    response_mask: torch.Tensor  # [N, T] bool
+    rollout_logprobs: torch.Tensor  # [N, T] behaviour logprobs from the rollout engine
+    advantages: Optional[torch.Tensor] = None  # [N]
+    old_logprobs: Optional[torch.Tensor] = None  # [N, T]
+    ref_logprobs: Optional[torch.Tensor] = None  # [N, T]
+
+    @property
+    def num_samples(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1] - self.response_mask.shape[1]
+
+    def select(self, index: torch.Tensor | slice) -> "TrainBatch":
+        return replace(self, **{f.name: _take(getattr(self, f.name), index) for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> "TrainBatch":
+        return replace(self, **{f.name: _move(getattr(self, f.name), device) for f in fields(self)})
+
+
+def _take(t: Optional[torch.Tensor], index):
+    return None if t is None else t[index]
+
+
+def _move(t: Optional[torch.Tensor], device):
+    return None if t is None else t.to(device)
+
+
+def build_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]],
+    rollout_logprobs: Sequence[Sequence[float]],
+    pad_id: int,
+) -> TrainBatch:
+    """Pack N (prompt, response) pairs into a TrainBatch (see the module docstring for the layout)."""
+    n = len(prompt_ids)
+    p = max(len(x) for x in prompt_ids)
+    t = max(1, max(len(x) for x in response_ids))
+    input_ids = torch.full((n, p + t), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((n, p + t), dtype=torch.bool)
+    response_mask = torch.zeros((n, t), dtype=torch.bool)
+    logprobs = torch.zeros((n, t), dtype=torch.float32)
+    for i, (prompt, response, lp) in enumerate(zip(prompt_ids, response_ids, rollout_logprobs)):
+        input_ids[i, p - len(prompt) : p] = torch.tensor(prompt, dtype=torch.long)
+        attention_mask[i, p - len(prompt) : p] = True
+        if response:
+            input_ids[i, p : p + len(response)] = torch.tensor(response, dtype=torch.long)
+            attention_mask[i, p : p + len(response)] = True
+            response_mask[i, : len(response)] = True
+            logprobs[i, : len(response)] = torch.tensor(lp, dtype=torch.float32)
+    position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+    return TrainBatch(input_ids, attention_mask, position_ids, response_mask, logprobs)
+
+
+def pad_to_multiple(batch: TrainBatch, multiple: int) -> TrainBatch:
+    """Append copies of row 0 with an all-False response mask until N is a multiple of ``multiple``.
+
+    Every learner rank must run the same number of forward passes (FSDP collectives), so shards must be equal;
+    padding rows carry no tokens in any loss or count.
+    """
+    extra = (-batch.num_samples) % multiple
+    if extra == 0:
+        return batch
+    filler = batch.select(torch.zeros(extra, dtype=torch.long))
+    filler.response_mask = torch.zeros_like(filler.response_mask)
+    return concat([batch, filler])
+
+
+def concat(batches: Sequence[TrainBatch]) -> TrainBatch:
+    first = batches[0]
+    out = {}
+    for f in fields(first):
+        parts = [getattr(b, f.name) for b in batches]
+        out[f.name] = None if any(x is None for x in parts) else torch.cat(parts)
+    return TrainBatch(**out)
+
+
+def split_even(batch: TrainBatch, num_parts: int) -> list[TrainBatch]:
+    """Split into ``num_parts`` contiguous parts whose sizes differ by at most one (N must be ≥ num_parts)."""
+    return [batch.select(idx) for idx in torch.arange(batch.num_samples).tensor_split(num_parts)]
+
+
+def num_micro_batches(num_samples: int, micro_batch_samples: int) -> int:
+    return max(1, math.ceil(num_samples / micro_batch_samples))

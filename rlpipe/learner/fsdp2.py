@@ -1,0 +1,61 @@
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``) backend: parameters sharded over the learner ranks."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+
+
+def shard_model(module: torch.nn.Module, device_type: str) -> torch.nn.Module:
+    """Shard each decoder layer, then the root (embeddings, final norm and a tied lm_head stay together)."""
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    for layer in module.model.layers:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
+
+
+class FSDP2Backend:
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        device_type: str,
+        lr: float,
+        betas: tuple[float, float],
+        weight_decay: float,
+        max_grad_norm: float,
+    ):
+        self.module = shard_model(module, device_type)
+        self.max_grad_norm = max_grad_norm
+        self._optim_args = dict(lr=lr, betas=betas, weight_decay=weight_decay)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), **self._optim_args)
+
+    def backward(self, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
+        # Reduce-scatter gradients once per mini-batch, not once per micro-batch.
+        self.module.set_requires_gradient_sync(is_last_micro_batch)
+        loss.backward()
+
+    def step(self) -> float:
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
+        state = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return state if dist.get_rank() == 0 else None
+
+    def reset_optimizer(self) -> None:
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), **self._optim_args)
+
+    def optimizer_state_size(self) -> int:
+        return sum(len(s) for s in self.optimizer.state.values())

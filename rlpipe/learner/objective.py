@@ -1,0 +1,141 @@
+"""The learner's objective: policy loss + KL to the reference − entropy bonus, assembled from ``rlpipe.algos``.
+
+Normalisation (the part most frameworks get subtly wrong): every term is divided by GLOBAL counts — tokens or
+sequences over the whole mini-batch, all micro-batches and all ranks — and multiplied by the data-parallel size,
+because FSDP/DeepSpeed average gradients over ranks. So summing micro-batch gradients on a rank, then averaging over
+ranks, gives exactly the gradient of the whole mini-batch's loss processed at once. Metrics use the same weighting:
+summed over a rank's micro-batches and averaged over ranks they are the mini-batch's global values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from rlpipe.algos.aggregation import aggregate_loss
+from rlpipe.algos.entropy import entropy_from_logits
+from rlpipe.algos.kl import kl_estimate, kl_loss
+from rlpipe.algos.policy_loss import compute_policy_loss
+from rlpipe.learner.batch import TrainBatch
+
+
+@dataclass(frozen=True)
+class ObjectiveSettings:
+    policy_loss: str = "ppo_clip"
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: Optional[float] = None
+    loss_aggregation: str = "token_mean"
+    loss_constant: Optional[float] = None
+    kl_coef: float = 0.0
+    kl_estimator: str = "k3"
+    kl_level: str = "token"
+    kl_in_loss: bool = True
+    entropy_coef: float = 0.0
+    temperature: float = 1.0  # the rollout temperature: logprobs are taken under the sampling distribution
+
+    def policy_loss_options(self) -> dict:
+        options = {"clip_low": self.clip_low, "clip_high": self.clip_high}
+        if self.policy_loss == "ppo_clip":
+            options["dual_clip"] = self.dual_clip
+        if self.policy_loss == "pg":
+            options = {}
+        return options
+
+
+@dataclass(frozen=True)
+class GlobalCounts:
+    """Counts over the whole mini-batch (all micro-batches, all ranks), and the number of data-parallel ranks."""
+
+    num_tokens: int
+    num_seqs: int
+    dp_size: int
+
+    @staticmethod
+    def of(response_mask: torch.Tensor, dp_size: int) -> "GlobalCounts":
+        return GlobalCounts(
+            num_tokens=max(1, int(response_mask.sum())),
+            num_seqs=max(1, int(response_mask.any(dim=1).sum())),
+            dp_size=dp_size,
+        )
+
+
+def forward_logprobs(
+    model: torch.nn.Module, batch: TrainBatch, temperature: float, with_entropy: bool = False
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Logprobs of the response tokens under ``softmax(logits / temperature)``.
+
+    Returns:
+        logprobs [N, T] (0 where response_mask is False), entropy [N, T] or None.
+    """
+    p = batch.prompt_len
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    logits = out.logits[:, p - 1 : -1].float()  # [N, T, V]: position p-1+t predicts input_ids[:, p+t]
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    targets = batch.input_ids[:, p:]  # [N, T]
+    # log_softmax via logsumexp: never materialises a second [N, T, V] tensor of probabilities.
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    logprobs = logprobs.masked_fill(~batch.response_mask, 0.0)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logprobs, entropy
+
+
+def _token_weighted_mean(values: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:
+    """A metric's share of the global token mean: sum over this micro-batch's tokens / global tokens × dp size."""
+    return (values.detach() * mask).sum() / counts.num_tokens * counts.dp_size
+
+
+def policy_objective(
+    logprobs: torch.Tensor,
+    entropy: Optional[torch.Tensor],
+    batch: TrainBatch,
+    counts: GlobalCounts,
+    settings: ObjectiveSettings,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one micro-batch, normalised by the global counts (see the module docstring).
+
+    Args:
+        logprobs: [N, T] current policy, with grad. entropy: [N, T] or None.
+        batch: carries advantages [N], old_logprobs [N, T], ref_logprobs [N, T] (if KL), response_mask [N, T].
+    Returns:
+        (scalar loss, metrics) — metrics are this micro-batch's shares of the global values.
+    """
+    mask = batch.response_mask
+    agg = dict(
+        mode=settings.loss_aggregation,
+        num_global_tokens=counts.num_tokens,
+        num_global_seqs=counts.num_seqs,
+        dp_size=counts.dp_size,
+        constant=settings.loss_constant,
+    )
+    per_token, pl_metrics = compute_policy_loss(
+        settings.policy_loss, logprobs, batch.old_logprobs, batch.advantages, mask, **settings.policy_loss_options()
+    )
+    pg_loss = aggregate_loss(per_token, mask, **agg)
+    loss = pg_loss
+    metrics = {"actor/pg_loss": pg_loss.detach()}
+    if "clipfrac" in pl_metrics:
+        # The loss's clipfrac is a local token mean: reweight it into a share of the global mean.
+        local_tokens = max(1, int(mask.sum()))
+        metrics["actor/clipfrac"] = pl_metrics["clipfrac"].detach() * local_tokens / counts.num_tokens * counts.dp_size
+
+    if batch.ref_logprobs is not None:
+        kl = kl_estimate(logprobs, batch.ref_logprobs, settings.kl_estimator)  # [N, T]
+        metrics["actor/kl"] = _token_weighted_mean(kl, mask, counts)
+        if settings.kl_in_loss and settings.kl_coef > 0:
+            kl_term = kl_loss(kl, mask, settings.kl_level, **agg)
+            loss = loss + settings.kl_coef * kl_term
+            metrics["actor/kl_loss"] = kl_term.detach()
+
+    if entropy is not None:
+        metrics["actor/entropy"] = _token_weighted_mean(entropy, mask, counts)
+        if settings.entropy_coef > 0:
+            loss = loss - settings.entropy_coef * aggregate_loss(entropy, mask, **agg)
+
+    with torch.no_grad():
+        log_ratio = (logprobs.detach() - batch.old_logprobs) * mask
+        metrics["actor/ratio_mean"] = _token_weighted_mean(log_ratio.exp(), mask, counts)
+    return loss, metrics

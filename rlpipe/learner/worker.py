@@ -1,0 +1,181 @@
+"""One learner rank: the policy (wrapped by a backend), the frozen reference, logprobs, updates, weight export.
+
+A plain class: the Ray actor around it (``rlpipe.driver.groups``) only forwards calls, and local mode builds it
+in-process with world size 1.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from rlpipe.learner.batch import TrainBatch, num_micro_batches, split_even
+from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+
+def free_port_address() -> tuple[str, int]:
+    """This node's address and a free TCP port, for the rank-0 rendezvous."""
+    addr = os.environ.get("RLPIPE_MASTER_ADDR", "127.0.0.1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        return addr, s.getsockname()[1]
+
+
+class LearnerWorker:
+    def __init__(
+        self,
+        *,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_path: str,
+        backend: str,
+        optimizer: OptimizerSettings,
+        objective: ObjectiveSettings,
+        micro_batch_samples: int,
+        with_reference: bool,
+        seed: int,
+        dtype: str = "float32",
+        backend_options: Optional[dict] = None,
+        dist_timeout_s: float = 600.0,
+    ):
+        from transformers import AutoModelForCausalLM
+
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        dist.init_process_group(
+            backend="nccl" if self.device.type == "cuda" else "gloo",
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=dist_timeout_s),
+        )
+        torch.manual_seed(seed)
+        self.objective = objective
+        self.micro_batch_samples = micro_batch_samples
+        torch_dtype = getattr(torch, dtype)
+
+        def load() -> torch.nn.Module:
+            return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device)
+
+        self.backend = self._build_backend(backend, load(), optimizer, backend_options or {})
+        self.reference = self._build_reference(backend, load()) if with_reference else None
+
+    def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
+        if name == "fsdp2":
+            from rlpipe.learner.fsdp2 import FSDP2Backend
+
+            return FSDP2Backend(
+                module,
+                device_type=self.device.type,
+                lr=optimizer.lr,
+                betas=tuple(optimizer.betas),
+                weight_decay=optimizer.weight_decay,
+                max_grad_norm=optimizer.max_grad_norm,
+            )
+        if name == "deepspeed":
+            from rlpipe.learner.deepspeed_backend import DeepSpeedBackend
+
+            return DeepSpeedBackend(module, optimizer=optimizer, **options)
+        raise ValueError(f"unknown learner.backend {name!r}; valid: fsdp2, deepspeed")
+
+    def _build_reference(self, name: str, module) -> torch.nn.Module:
+        module.requires_grad_(False)
+        module.eval()
+        if name == "fsdp2":
+            from rlpipe.learner.fsdp2 import shard_model
+
+            return shard_model(module, self.device.type)
+        return module  # DeepSpeed: the reference stays a full replica (inference only)
+
+    # --- the calls the driver makes -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def compute_logprobs(self, shard: TrainBatch) -> dict[str, torch.Tensor]:
+        """Old (current policy) and reference logprobs of this rank's shard, [n, T] each."""
+        shard = shard.to(self.device)
+        num_micro = num_micro_batches(shard.num_samples, self.micro_batch_samples)
+        self.backend.module.eval()
+        out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "ref_logprobs": []}
+        for micro in split_even(shard, num_micro):
+            out["old_logprobs"].append(forward_logprobs(self.backend.module, micro, self.objective.temperature)[0])
+            if self.reference is not None:
+                out["ref_logprobs"].append(forward_logprobs(self.reference, micro, self.objective.temperature)[0])
+        return {k: torch.cat(v).cpu() for k, v in out.items() if v}
+
+    def update(self, minibatches: list[tuple[TrainBatch, GlobalCounts]]) -> dict[str, float]:
+        """One optimizer step per mini-batch (this rank's shard of it); metrics averaged over mini-batches."""
+        module = self.backend.module
+        module.train()
+        totals: dict[str, float] = {}
+        for shard, counts in minibatches:
+            shard = shard.to(self.device)
+            micros = split_even(shard, num_micro_batches(shard.num_samples, self.micro_batch_samples))
+            step_metrics: dict[str, float] = {}
+            for i, micro in enumerate(micros):
+                logprobs, entropy = forward_logprobs(module, micro, self.objective.temperature, with_entropy=True)
+                loss, metrics = policy_objective(logprobs, entropy, micro, counts, self.objective)
+                self.backend.backward(loss, is_last_micro_batch=i == len(micros) - 1)
+                for k, v in metrics.items():
+                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v)
+            step_metrics["actor/grad_norm"] = self.backend.step()
+            for k, v in step_metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / len(minibatches)
+        return totals
+
+    def export_weights(self) -> Optional[dict[str, torch.Tensor]]:
+        """Collective. Full CPU weights on rank 0 (tied ``lm_head.weight`` included explicitly), None elsewhere."""
+        state = self.backend.full_state_dict()
+        if state is None:
+            return None
+        if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+            # Tied embeddings: vLLM keeps its own output layer, which stays stale unless it is sent too.
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        return state
+
+    def save_hf(self, path: str, source_model_path: str) -> None:
+        """Collective. Rank 0 writes the policy in Hugging Face format (+ the tokenizer), loadable by vLLM."""
+        state = self.export_weights()
+        if state is None:
+            return
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source_model_path))
+        model.load_state_dict(state, assign=True)
+        model.tie_weights()
+        model.save_pretrained(path)
+        AutoTokenizer.from_pretrained(source_model_path).save_pretrained(path)
+
+    @torch.no_grad()
+    def reset_reference(self, reset_optimizer: bool = False) -> dict[str, float]:
+        """ProRL-style reset: reference ← current policy (shard by shard); optionally clear the optimizer state."""
+        if self.reference is None:
+            raise RuntimeError("reset_reference called but this learner has no reference model (kl_coef == 0)")
+        for ref_param, param in zip(self.reference.parameters(), self.backend.module.parameters()):
+            ref_param.copy_(param.detach())
+        if reset_optimizer:
+            self.backend.reset_optimizer()
+        return {"optimizer_state_tensors": float(self.backend.optimizer_state_size())}
+
+    def ping(self) -> int:
+        return self.rank
+
+    def shutdown(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,1 @@
+"""Metric sinks (console, jsonl, wandb, tensorboard) and the end-of-run report."""

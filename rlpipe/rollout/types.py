@@ -1,0 +1,44 @@
+"""What goes into and comes out of a rollout engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    max_response_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str  # the prompt's uid, carried through so results can be matched after a re-queue
+    prompt_ids: tuple[int, ...]
+    num_samples: int
+    seed: int  # per-request seed: sampling does not depend on how requests are batched or on which engine
+
+
+@dataclass
+class Completion:
+    request_id: str
+    sample_index: int  # 0..num_samples-1 within its request
+    response_ids: list[int]
+    # Sampled-token logprobs under the sampling distribution (after temperature), [len(response_ids)].
+    logprobs: list[float]
+    finish_reason: str  # "stop" (EOS / stop token) | "length" (hit max_response_tokens)
+    text: str
+
+
+class RolloutEngine(Protocol):
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]: ...
+
+    def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> None: ...
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...

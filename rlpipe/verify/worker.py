@@ -1,0 +1,36 @@
+"""The plain class behind each verifier actor: builds a verifier by name and scores batches of completions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rlpipe.verify.types import Verdict, VerdictKind
+
+log = logging.getLogger(__name__)
+
+
+def build_verifier(name: str, **options: Any):
+    """``verifier.name`` -> a verifier object (``score(completion, gold) -> Verdict``)."""
+    if name == "arithmetic":
+        from rlpipe.verify.arithmetic import ArithmeticVerifier
+
+        return ArithmeticVerifier(**options)
+    from rlpipe.verify.registry import VERIFIERS
+
+    return VERIFIERS.get(name)(**options)
+
+
+class VerifierWorker:
+    def __init__(self, name: str, options: dict[str, Any]):
+        self.verifier = build_verifier(name, **options)
+
+    def score_batch(self, items: list[tuple[str, dict[str, Any]]]) -> list[Verdict]:
+        verdicts = []
+        for completion, gold in items:
+            try:
+                verdicts.append(self.verifier.score(completion, gold))
+            except Exception as e:  # a grader crash is an infrastructure error, never a wrong answer
+                log.warning("verifier raised %s: %s", type(e).__name__, e)
+                verdicts.append(Verdict(VerdictKind.ERROR, 0.0, {"exception": f"{type(e).__name__}: {e}"}))
+        return verdicts
