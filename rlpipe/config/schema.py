@@ -27,9 +27,12 @@ def _help(text: str, default: Any = MISSING, **kwargs: Any) -> Any:
 @dataclass
 class TinyModelConfig:
     size: str = _help("Preset of the tiny offline Qwen2 model: 'tiny' (default job) or 'micro' (tests).", "tiny")
-    warmstart_steps: int = _help("Supervised warm-start optimizer steps on teacher traces (0 = random init).", 600)
-    warmstart_lr: float = _help("Warm-start AdamW learning rate.", 3e-3)
-    warmstart_batch_size: int = _help("Warm-start sequences per optimizer step.", 64)
+    warmstart_steps: int = _help("Supervised warm-start optimizer steps on teacher traces (0 = random init).", 1500)
+    warmstart_lr: float = _help("Warm-start AdamW peak learning rate.", 3e-3)
+    warmstart_batch_size: int = _help("Warm-start sequences per optimizer step.", 32)
+    teacher_slip_rate: float = _help(
+        "How often the warm-start teacher drops a needed carry/borrow (rlpipe/tasks/arithmetic.py): imitation copies "
+        "the habit, RL with an exact verifier has to unlearn it. 0 = a clean teacher.", 0.6)
     seed: int = _help("Seed for the tokenizer corpus, the initial weights and the warm-start data.", 0)
     cache_dir: Optional[str] = _help(
         "Where warm-started models are cached (keyed by a hash of every setting); default ~/.cache/rlpipe/warmstart.",

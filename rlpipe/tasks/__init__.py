@@ -1,0 +1,1 @@
+"""Synthetic tasks with exact answers (the default job's arithmetic)."""

@@ -1,0 +1,138 @@
+"""Synthetic arithmetic: "Compute 27 + 8 - 9." solved in worked steps, each ending with the step delimiter.
+
+    27 + 8 = 35.\\n\\n35 - 9 = 26.\\n\\nThe answer is \\boxed{26}.
+
+Why this task: answers are exact integers (a verifier with no ambiguity), problems are unlimited and fresh (no
+memorising a training set), and a tiny model can learn it in a minute, so the whole pipeline runs on a laptop.
+
+The warm-start teacher (``teacher_solution``) is deliberately imperfect: when a step needs a carry (addition) or a
+borrow (subtraction), it drops it with probability ``slip_rate``, writing a result off by ten. Supervised learning
+copies that systematic slip, so the warm-started model's greedy answers are often wrong while sampled answers are
+sometimes right; the verifier rewards only the true answer, so RL has real, measurable work to do: unlearn a habit
+that imitation taught it. ``slip_rate=0`` gives a clean teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+STEP_DELIMITER = ".\n\n"
+
+
+@dataclass(frozen=True)
+class Problem:
+    uid: str
+    question: str
+    operands: tuple[int, ...]
+    operators: tuple[str, ...]  # "+" or "-", len(operands) - 1
+    answer: int
+
+
+def make_problem(rng: random.Random, uid: str) -> Problem:
+    """A start in [10, 40] followed by two or three single-digit additions / subtractions; values stay in [0, 99].
+
+    Small enough that a 3M-parameter model learns it in a minute, while about half of the steps still need a carry
+    or a borrow — the part a tiny model (and the deliberately sloppy teacher) gets wrong.
+    """
+    value = rng.randint(10, 40)
+    operands, operators = [value], []
+    for _ in range(rng.choice((2, 3))):
+        operand = rng.randint(2, 9)
+        if rng.random() < 0.5 and value - operand >= 0:
+            value -= operand
+            operators.append("-")
+        else:
+            value += operand
+            operators.append("+")
+        operands.append(operand)
+    text = " ".join([str(operands[0])] + [f"{op} {x}" for op, x in zip(operators, operands[1:])])
+    return Problem(uid, f"Compute {text}.", tuple(operands), tuple(operators), value)
+
+
+def needs_carry(a: int, op: str, b: int) -> bool:
+    """Addition whose units overflow, or subtraction whose units need a borrow."""
+    return (a % 10 + b % 10 >= 10) if op == "+" else (a % 10 < b % 10)
+
+
+def step_results(problem: Problem, slip_rate: float = 0.0, rng: random.Random | None = None) -> list[int]:
+    """The running value after each step; with ``slip_rate`` > 0 a needed carry/borrow is dropped at that rate."""
+    value, results = problem.operands[0], []
+    for op, x in zip(problem.operators, problem.operands[1:]):
+        true = value + x if op == "+" else value - x
+        if slip_rate and rng is not None and needs_carry(value, op, x) and rng.random() < slip_rate:
+            true = true - 10 if op == "+" else true + 10  # the dropped carry / forgotten borrow
+        value = true
+        results.append(value)
+    return results
+
+
+def solution_text(problem: Problem, results: Iterable[int]) -> str:
+    lines, left = [], problem.operands[0]
+    for op, x, value in zip(problem.operators, problem.operands[1:], results):
+        lines.append(f"{left} {op} {x} = {value}")
+        left = value
+    return STEP_DELIMITER.join(lines) + STEP_DELIMITER + f"The answer is \\boxed{{{left}}}."
+
+
+def teacher_solution(problem: Problem, slip_rate: float, rng: random.Random) -> str:
+    return solution_text(problem, step_results(problem, slip_rate, rng))
+
+
+def correct_solution(problem: Problem) -> str:
+    return solution_text(problem, step_results(problem))
+
+
+def to_messages(problem: Problem) -> list[dict[str, str]]:
+    return [{"role": "user", "content": problem.question}]
+
+
+def gold(problem: Problem) -> dict[str, Any]:
+    return {"answer": str(problem.answer)}
+
+
+def _rng(*parts: Any) -> random.Random:
+    return random.Random(int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little"))
+
+
+def heldout_set(n: int = 256, seed: int = 1235) -> list[Problem]:
+    """A fixed list of ``n`` distinct problems (deterministic in ``seed``)."""
+    problems, seen, i = [], set(), 0
+    while len(problems) < n:
+        p = make_problem(_rng("heldout", seed, i), f"heldout-{seed}-{i}")
+        i += 1
+        if p.question not in seen:
+            seen.add(p.question)
+            problems.append(p)
+    return problems
+
+
+class TrainStream:
+    """An endless stream of fresh problems that never repeats a held-out question.
+
+    Problem k is a pure function of (seed, k), so the cursor ``index`` is the whole state: a resumed run sees
+    exactly the problems the uninterrupted run would have seen.
+    """
+
+    def __init__(self, seed: int, exclude: set[str] = frozenset()):
+        self.seed = seed
+        self.exclude = set(exclude)
+        self.index = 0
+
+    def next(self) -> Problem:
+        while True:
+            k = self.index
+            self.index += 1
+            p = make_problem(_rng("train", self.seed, k), f"train-{self.seed}-{k}")
+            if p.question not in self.exclude:
+                return p
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"prompt stream state is for seed {state['seed']}, this run uses seed {self.seed}")
+        self.index = state["index"]
