@@ -6,6 +6,7 @@ core in a subprocess costs ~2x the start-up time and memory on CPU and adds noth
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -56,6 +57,7 @@ class VLLMEngine:
             kwargs["max_num_batched_tokens"] = max(8192, max_model_len)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        _quiet_weight_reload_logs()
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]:
         from vllm import SamplingParams
@@ -110,3 +112,12 @@ class VLLMEngine:
     def wake_up(self) -> None:
         if _on_gpu():
             self.llm.wake_up()
+
+
+def _quiet_weight_reload_logs() -> None:
+    """Every in-place reload logs three lines per step, one a false alarm: the rotary embedding's cos/sin cache
+    counts as loadable but no checkpoint carries it, and vLLM restores it itself ("RotaryEmbedding: Failed to load
+    weights"). The weight-sync test checks logprobs after each reload, so these stay quiet."""
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").setLevel(logging.ERROR)
+    logging.getLogger("vllm.model_executor.model_loader.reload.inplace").setLevel(logging.WARNING)
+    logging.getLogger("vllm.v1.core.block_pool").setLevel(logging.WARNING)
