@@ -60,9 +60,30 @@ class DataConfig:
     heldout_size: int = _help("Held-out problems for evaluation (fixed, disjoint from training).", 256)
     seed: int = _help("Seed of the training prompt stream (and of the held-out set for synthetic tasks).", 1234)
     max_prompt_tokens: int = _help("Prompts longer than this (after the chat template) are rejected.", 256)
+    pool_size: int = _help("Train on a fixed pool of this many prompts, reshuffled every epoch (0 = an endless stream "
+                           "of fresh synthetic problems). The pass-rate table and the curriculum need a pool.", 0)
+    sampler: str = _help("How prompts are drawn from the pool: sequential (shuffled epochs) | curriculum (online pass "
+                         "rates; prompts that are neither always solved nor never solved are preferred).",
+                         "sequential")
+    curriculum_ema: float = _help("Curriculum: weight of the newest observation in each prompt's pass-rate average.", 0.5)
+    pass_rate_table: Optional[str] = _help("A table written by `python -m rlpipe.filter`: keep only pool prompts whose "
+                                           "pass rate lies in [pass_rate_min, pass_rate_max].", None)
+    pass_rate_min: float = _help("Lowest pass rate kept from the table (e.g. 0.01 drops never-solved prompts).", 0.0)
+    pass_rate_max: float = _help("Highest pass rate kept (EXAONE drops prompts whose 8 samples were all correct: 0.99).",
+                                 1.0)
     file: Optional[str] = _help("Data set file for data.task=file (jsonl / parquet / HF saved dataset).", None)
     format: Optional[str] = _help("Preset of field names for data.task=file: gsm8k, math500, aime, mbpp, humaneval.",
                                   None)
+
+
+@dataclass
+class ReferenceResetConfig:
+    interval_steps: int = _help("ProRL: reset the reference to the current policy every this many steps (0 = off).",
+                                0)
+    kl_threshold: float = _help("Reset when the measured KL to the reference (actor/kl) exceeds this (0 = off).", 0.0)
+    plateau_evals: int = _help("Reset when held-out accuracy has not improved for this many evaluations (0 = off).",
+                               0)
+    reset_optimizer: bool = _help("Clear the optimizer state at each reset (ProRL does).", True)
 
 
 @dataclass
@@ -83,6 +104,19 @@ class AlgorithmConfig:
     kl_in: str = _help("loss (a penalty term) | reward (subtracted from each response's reward).", "loss")
     entropy_coef: float = _help("Entropy bonus weight (0 = off).", 0.0)
     advantage_eps: float = _help("ε in the advantage normalisation denominator.", 1e-6)
+    all_wrong_advantage: float = _help(
+        "AGAPO: advantage given (negated) to groups where every response is wrong, before global normalisation; "
+        "0 = the paper as written (such groups carry no policy-gradient signal). See docs/algorithms.md.", 0.0)
+    dynamic_sampling: bool = _help(
+        "DAPO dynamic sampling: drop groups whose samples all got the same reward and generate more prompts until "
+        "data.prompts_per_step informative groups are collected (bounded by max_generation_rounds).", False)
+    max_generation_rounds: int = _help("Dynamic sampling: generation rounds per step at most (shortfall counted).", 4)
+    overlong_buffer_tokens: int = _help(
+        "DAPO soft overlong punishment: penalty ramps from 0 to -overlong_penalty over the last this many tokens "
+        "before rollout.max_response_tokens (0 = off).", 0)
+    overlong_penalty: float = _help("Size of the overlong penalty at the length limit.", 1.0)
+    mask_truncated: bool = _help("DAPO overlong filtering: truncated responses get no loss.", False)
+    reference_reset: ReferenceResetConfig = field(default_factory=ReferenceResetConfig)
 
 
 @dataclass
@@ -154,6 +188,13 @@ class TrainerConfig:
 
 
 @dataclass
+class PrepassConfig:
+    samples_per_prompt: int = _help("`python -m rlpipe.filter`: responses sampled per prompt to estimate its pass rate.",
+                                    8)
+    output: str = _help("Where `python -m rlpipe.filter` writes the pass-rate table (jsonl).", "pass_rates.jsonl")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -164,6 +205,7 @@ class Config:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    prepass: PrepassConfig = field(default_factory=PrepassConfig)
 
 
 def register_configs() -> None:

@@ -61,6 +61,27 @@ def validate(cfg: Config) -> None:
                       "verifier.num_workers=1)")
     if cfg.data.prompts_per_step * r.samples_per_prompt < lr.num_workers:
         errors.append("data.prompts_per_step * rollout.samples_per_prompt must be >= learner.num_workers")
+    d = cfg.data
+    errors += _choice("data.sampler", d.sampler, ["sequential", "curriculum"])
+    if d.pool_size < 0:
+        errors.append(f"data.pool_size must be >= 0 (got {d.pool_size})")
+    if (d.sampler == "curriculum" or d.pass_rate_table) and d.pool_size == 0:
+        errors.append("data.sampler=curriculum and data.pass_rate_table need a fixed pool: set data.pool_size > 0")
+    if not 0 <= d.pass_rate_min <= d.pass_rate_max <= 1:
+        errors.append(f"need 0 <= data.pass_rate_min <= data.pass_rate_max <= 1 "
+                      f"(got {d.pass_rate_min}, {d.pass_rate_max})")
+    if not 0 < d.curriculum_ema <= 1:
+        errors.append(f"data.curriculum_ema must be in (0, 1] (got {d.curriculum_ema})")
+    if a.max_generation_rounds < 1:
+        errors.append("algorithm.max_generation_rounds must be >= 1")
+    if not 0 <= a.overlong_buffer_tokens < r.max_response_tokens:
+        errors.append(f"algorithm.overlong_buffer_tokens must be in [0, rollout.max_response_tokens) "
+                      f"(got {a.overlong_buffer_tokens})")
+    if a.dual_clip is not None and a.dual_clip <= 1:
+        errors.append(f"algorithm.dual_clip must be > 1 (got {a.dual_clip})")
+    rr = a.reference_reset
+    if (rr.interval_steps or rr.kl_threshold or rr.plateau_evals) and a.kl_coef == 0:
+        errors.append("algorithm.reference_reset needs a reference model: set algorithm.kl_coef > 0")
     if cfg.data.task == "file" and not cfg.data.file:
         errors.append("data.task=file needs data.file")
     if t.save_every_steps < 0:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
 
 from rlpipe.config.schema import Config
 from rlpipe.driver import cluster
 from rlpipe.driver.groups import Group
 from rlpipe.driver.pools import LearnerGroup, RolloutPool, VerifierPool
+from rlpipe.driver.resets import ResetPolicy
+from rlpipe.driver.trainer import StepSettings
 from rlpipe.learner.objective import ObjectiveSettings
 from rlpipe.learner.worker import OptimizerSettings
 from rlpipe.rollout.types import SamplingSettings
@@ -57,15 +58,17 @@ def sampling_settings(cfg: Config) -> SamplingSettings:
 
 
 def build_roles(cfg: Config, model_path: str, max_model_len: int) -> Roles:
-    mode, timeout = cfg.cluster.mode, cfg.cluster.call_timeout_s
-    ray_mode = mode == "ray"
-    gpus = ray_mode and cluster.cluster_has_gpus()
-
     # Learner ranks first: their placement group is the scarcest resource.
+    learner = build_learner(cfg, model_path)
+    return Roles(build_rollout(cfg, model_path, max_model_len), build_verifiers(cfg), learner)
+
+
+def build_learner(cfg: Config, model_path: str) -> LearnerGroup:
+    mode, timeout = cfg.cluster.mode, cfg.cluster.call_timeout_s
     n = cfg.learner.num_workers
-    learner_opts = cluster.learner_actor_options(n, cfg.cluster.learner_placement_strategy, timeout) if ray_mode else ()
-    learner = Group("learner", mode, n, learner_opts, timeout)
-    master_addr, master_port = learner.rendezvous_address()
+    options = cluster.learner_actor_options(n, cfg.cluster.learner_placement_strategy, timeout) if mode == "ray" else ()
+    group = Group("learner", mode, n, options, timeout)
+    master_addr, master_port = group.rendezvous_address()
     common = dict(
         world_size=n,
         master_addr=master_addr,
@@ -85,26 +88,31 @@ def build_roles(cfg: Config, model_path: str, max_model_len: int) -> Roles:
         dtype=cfg.model.dtype,
         dist_timeout_s=timeout,
     )
-    learner.construct("rlpipe.learner.worker:LearnerWorker", [dict(common, rank=i) for i in range(n)])
+    group.construct("rlpipe.learner.worker:LearnerWorker", [dict(common, rank=i) for i in range(n)])
+    return LearnerGroup(group, cfg.learner.updates_per_step)
 
-    engines = cfg.rollout.num_engines
-    rollout = Group("rollout", mode, engines,
-                    cluster.role_actor_options(engines, gpus=1 if gpus else 0) if ray_mode else (), timeout)
-    r = cfg.rollout
-    rollout.construct("rlpipe.rollout:build_engine", [
+
+def build_rollout(cfg: Config, model_path: str, max_model_len: int) -> RolloutPool:
+    mode, r = cfg.cluster.mode, cfg.rollout
+    gpus = 1 if mode == "ray" and cluster.cluster_has_gpus() else 0
+    options = cluster.role_actor_options(r.num_engines, gpus=gpus) if mode == "ray" else ()
+    group = Group("rollout", mode, r.num_engines, options, cfg.cluster.call_timeout_s)
+    group.construct("rlpipe.rollout:build_engine", [
         dict(engine=r.engine, model_path=model_path, seed=cfg.trainer.seed + i, dtype=cfg.model.dtype,
              max_model_len=max_model_len, kv_cache_bytes=r.kv_cache_bytes,
              gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager)
-        for i in range(engines)
+        for i in range(r.num_engines)
     ])
+    return RolloutPool(group)
 
-    v = cfg.verifier
-    verifiers = Group("verifier", mode, v.num_workers,
-                      cluster.role_actor_options(v.num_workers) if ray_mode else (), timeout)
-    options = verifier_options(cfg)
-    verifiers.construct("rlpipe.verify.worker:VerifierWorker", [dict(name=v.name, options=options)] * v.num_workers)
-    return Roles(RolloutPool(rollout), VerifierPool(verifiers, v.max_retries), LearnerGroup(learner,
-                                                                                             cfg.learner.updates_per_step))
+
+def build_verifiers(cfg: Config) -> VerifierPool:
+    mode, v = cfg.cluster.mode, cfg.verifier
+    options = cluster.role_actor_options(v.num_workers) if mode == "ray" else ()
+    group = Group("verifier", mode, v.num_workers, options, cfg.cluster.call_timeout_s)
+    group.construct("rlpipe.verify.worker:VerifierWorker",
+                    [dict(name=v.name, options=verifier_options(cfg))] * v.num_workers)
+    return VerifierPool(group, v.max_retries)
 
 
 def verifier_options(cfg: Config) -> dict:
@@ -115,7 +123,36 @@ def verifier_options(cfg: Config) -> dict:
 
 
 def advantage_options(cfg: Config) -> dict:
-    return {"eps": cfg.algorithm.advantage_eps}
+    options = {"eps": cfg.algorithm.advantage_eps}
+    if cfg.algorithm.advantage == "agapo":
+        options["all_wrong_advantage"] = cfg.algorithm.all_wrong_advantage
+    return options
+
+
+def reset_policy(cfg: Config) -> ResetPolicy:
+    r = cfg.algorithm.reference_reset
+    return ResetPolicy(interval_steps=r.interval_steps, kl_threshold=r.kl_threshold, plateau_evals=r.plateau_evals,
+                       reset_optimizer=r.reset_optimizer)
+
+
+def step_settings(cfg: Config) -> StepSettings:
+    a = cfg.algorithm
+    return StepSettings(
+        prompts_per_step=cfg.data.prompts_per_step,
+        samples_per_prompt=cfg.rollout.samples_per_prompt,
+        sampling=sampling_settings(cfg),
+        advantage=a.advantage,
+        advantage_options=advantage_options(cfg),
+        kl_coef=a.kl_coef,
+        kl_estimator=a.kl_estimator,
+        kl_in_reward=a.kl_in == "reward",
+        seed=cfg.trainer.seed,
+        dynamic_sampling=a.dynamic_sampling,
+        max_generation_rounds=a.max_generation_rounds,
+        overlong_buffer_tokens=a.overlong_buffer_tokens,
+        overlong_penalty=a.overlong_penalty,
+        mask_truncated=a.mask_truncated,
+    )
 
 
 def model_dir(cfg: Config) -> str:

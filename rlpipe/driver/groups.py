@@ -119,5 +119,9 @@ class Group:
 
             for w in self._workers:
                 ray.kill(w)
+        else:
+            for w in self._workers:  # free what the objects hold (e.g. a learner's process group)
+                if hasattr(w.obj, "shutdown"):
+                    w.obj.shutdown()
         self._workers = []
 

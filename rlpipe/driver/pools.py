@@ -12,7 +12,7 @@ from rlpipe.driver.groups import Group
 from rlpipe.learner.batch import TrainBatch, pad_to_multiple, split_even
 from rlpipe.learner.objective import GlobalCounts
 from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
-from rlpipe.verify.types import Verdict, VerdictKind
+from rlpipe.verify.types import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -44,44 +44,33 @@ class VerifierPool:
         self.group = group
         self.max_retries = max_retries
 
-    def score(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Verdict | None], dict[str, float]]:
+    def score(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Verdict | None], Counter]:
+        """Verdicts in input order (None: still timeout/error after the retries, dropped) and counts of first-try
+        verdict kinds plus ``retried`` and ``dropped``."""
         verdicts: list[Verdict | None] = [None] * len(items)
         pending = list(range(len(items)))
-        first_try: Counter = Counter()
-        retries = 0
+        counts: Counter = Counter()
         for attempt in range(self.max_retries + 1):
-            chunks = _round_robin(pending, self.group.size)
-            handles = [
-                self.group.submit_to(i, "score_batch", [items[j] for j in chunk]) for i, chunk in enumerate(chunks) if chunk
-            ]
-            results = self.group.get(handles, "score_batch")
+            chunks = [c for c in _round_robin(pending, self.group.size) if c]
+            handles = [self.group.submit_to(i, "score_batch", [items[j] for j in chunk]) for i, chunk in enumerate(chunks)]
             still = []
-            for chunk, result in zip([c for c in chunks if c], results):
+            for chunk, result in zip(chunks, self.group.get(handles, "score_batch")):
                 for j, v in zip(chunk, result):
                     if attempt == 0:
-                        first_try[v.kind] += 1
+                        counts[v.kind.value] += 1
                     if v.rewardable:
                         verdicts[j] = v
                     else:
                         still.append(j)
             if not still:
                 break
-            retries += len(still)
+            counts["retried"] += len(still)
             pending = still
-        dropped = sum(v is None for v in verdicts)
-        if dropped:
+        counts["dropped"] = sum(v is None for v in verdicts)
+        if counts["dropped"]:
             log.warning("verifier: %d/%d samples still timed out or errored after %d retries; dropped from the batch",
-                        dropped, len(items), self.max_retries)
-        n = max(1, len(items))
-        stats = {
-            "verify/pass_rate": sum(v is not None and v.kind == VerdictKind.CORRECT for v in verdicts) / n,
-            "verify/parse_fail_frac": first_try[VerdictKind.PARSE_FAIL] / n,
-            "verify/timeout_frac": first_try[VerdictKind.TIMEOUT] / n,
-            "verify/error_frac": first_try[VerdictKind.ERROR] / n,
-            "verify/retried": float(retries),
-            "verify/dropped": float(dropped),
-        }
-        return verdicts, stats
+                        counts["dropped"], len(items), self.max_retries)
+        return verdicts, counts
 
 
 class LearnerGroup:

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from rlpipe.config.schema import Config
 from rlpipe.driver import build, cluster
 from rlpipe.driver.prompts import build_prompts, chat_tokenizer
-from rlpipe.driver.trainer import StepSettings, Trainer
+from rlpipe.driver.trainer import Trainer
 from rlpipe.reporting.report import format_summary, write_summary
 from rlpipe.reporting.sinks import build_sinks
 
@@ -43,6 +43,7 @@ def run(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
         trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
         evaluate = lambda: trainer.evaluate(heldout, cfg.rollout.max_response_tokens)  # noqa: E731
         t = cfg.trainer
+        events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
         first = timed_eval(evaluate)
         sinks.log(0, first)
         log.info("initial held-out accuracy: %.1f%% (%d problems)", 100 * first["eval/accuracy"], len(heldout))
@@ -55,11 +56,17 @@ def run(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
                 ev = timed_eval(evaluate)
                 metrics.update(ev)
                 last_acc = ev["eval/accuracy"]
+            event = trainer.maybe_reset_reference(step, metrics)
+            if event is not None:
+                metrics["reset/reference"] = 1.0
+                events.write(json.dumps({"event": "reference_reset", **event}) + "\n")
+                events.flush()
             if t.save_every_steps and step % t.save_every_steps == 0 and step != t.total_steps:
                 roles.learner.save_hf(str(run_dir / "checkpoints" / f"step_{step:06d}"), model_path)
             sinks.log(step, metrics)
             bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", acc=f"{last_acc:.3f}")
         bar.close()
+        events.close()
         roles.learner.save_hf(str(run_dir / "final_model"), model_path)
         roles.shutdown()
     sinks.close()
@@ -77,17 +84,8 @@ def make_trainer(cfg: Config, roles: build.Roles, prompts, tokenize, tokenizer) 
         rollout=roles.rollout,
         verifiers=roles.verifiers,
         learner=roles.learner,
-        settings=StepSettings(
-            prompts_per_step=cfg.data.prompts_per_step,
-            samples_per_prompt=cfg.rollout.samples_per_prompt,
-            sampling=build.sampling_settings(cfg),
-            advantage=cfg.algorithm.advantage,
-            advantage_options=build.advantage_options(cfg),
-            kl_coef=cfg.algorithm.kl_coef,
-            kl_estimator=cfg.algorithm.kl_estimator,
-            kl_in_reward=cfg.algorithm.kl_in == "reward",
-            seed=cfg.trainer.seed,
-        ),
+        settings=build.step_settings(cfg),
+        resets=build.reset_policy(cfg),
     )
 
 

@@ -1,6 +1,7 @@
 """The RL loop. ``Trainer.step`` is the whole algorithm, top to bottom; each phase is one call and one metric.
 
-Optional behaviour is decided when the trainer is built (estimator, loss, KL placement), not branched on here.
+Optional behaviour (estimator, loss, KL placement, dynamic sampling, overlong shaping, resets) is fixed when the
+trainer is built, through ``StepSettings`` and the ``ResetPolicy``; the step itself does not branch on presets.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, Sequence
@@ -16,9 +18,11 @@ import torch
 
 from rlpipe.algos.advantages import compute_advantages
 from rlpipe.algos.kl import kl_estimate, kl_in_reward
+from rlpipe.algos.shaping import overlong_penalty, zero_variance_group_mask
 from rlpipe.driver.pools import LearnerGroup, RolloutPool, VerifierPool
 from rlpipe.driver.prompts import PromptItem, PromptSource
-from rlpipe.learner.batch import build_batch
+from rlpipe.driver.resets import ResetPolicy
+from rlpipe.learner.batch import TrainBatch, build_batch
 from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
 from rlpipe.verify.types import VerdictKind
 
@@ -27,13 +31,15 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def timed(metrics: dict[str, float], phase: str) -> Iterator[None]:
+    """Adds the block's wall time to ``timing/<phase>`` (accumulates when a phase runs several rounds)."""
     start = time.perf_counter()
     yield
-    metrics[f"timing/{phase}"] = time.perf_counter() - start
+    key = f"timing/{phase}"
+    metrics[key] = metrics.get(key, 0.0) + time.perf_counter() - start
 
 
 def request_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from (run seed, step, prompt uid): sampling is reproducible on resume and re-queue."""
+    """A stable 63-bit seed from (run seed, step, round, prompt uid): sampling is reproducible on resume/re-queue."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
@@ -49,6 +55,46 @@ class StepSettings:
     kl_estimator: str
     kl_in_reward: bool
     seed: int
+    dynamic_sampling: bool = False
+    max_generation_rounds: int = 1
+    overlong_buffer_tokens: int = 0
+    overlong_penalty: float = 1.0
+    mask_truncated: bool = False
+
+
+@dataclass
+class Rollouts:
+    """Scored completions of a set of prompt groups. ``group_index [N]`` indexes ``prompts``."""
+
+    prompts: list[PromptItem]
+    requests: list[GenerationRequest]
+    completions: list[Completion]
+    rewards: torch.Tensor  # [N]
+    correct: torch.Tensor  # [N] bool
+    group_index: torch.Tensor  # [N] long
+
+    def select_groups(self, groups: Sequence[int]) -> "Rollouts":
+        keep = torch.isin(self.group_index, torch.tensor(list(groups), dtype=torch.long))
+        remap = {g: i for i, g in enumerate(groups)}
+        idx = keep.nonzero().flatten().tolist()
+        return Rollouts(
+            [self.prompts[g] for g in groups], [self.requests[g] for g in groups],
+            [self.completions[i] for i in idx], self.rewards[keep], self.correct[keep],
+            torch.tensor([remap[int(g)] for g in self.group_index[keep]], dtype=torch.long),
+        )
+
+    @staticmethod
+    def concat(parts: Sequence["Rollouts"]) -> "Rollouts":
+        offsets, total = [], 0
+        for p in parts:
+            offsets.append(total)
+            total += len(p.prompts)
+        return Rollouts(
+            [x for p in parts for x in p.prompts], [x for p in parts for x in p.requests],
+            [x for p in parts for x in p.completions],
+            torch.cat([p.rewards for p in parts]), torch.cat([p.correct for p in parts]),
+            torch.cat([p.group_index + o for p, o in zip(parts, offsets)]),
+        )
 
 
 class Trainer:
@@ -62,6 +108,7 @@ class Trainer:
         verifiers: VerifierPool,
         learner: LearnerGroup,
         settings: StepSettings,
+        resets: Optional[ResetPolicy] = None,
     ):
         self.prompts = prompts
         self.tokenize = tokenize
@@ -70,57 +117,115 @@ class Trainer:
         self.verifiers = verifiers
         self.learner = learner
         self.s = settings
+        self.resets = resets or ResetPolicy()
 
     def step(self, step: int) -> dict[str, float]:
         m: dict[str, float] = {}
-        with timed(m, "sample"):
-            prompts = self.prompts.next_batch(self.s.prompts_per_step)
-            requests = self._requests(prompts, step)
-        with timed(m, "generate"):
-            completions = self.rollout.generate(requests, self.s.sampling)
-        with timed(m, "verify"):
-            rewards, group_index, kept, verify_stats = self._verify(prompts, completions)
-        m.update(verify_stats)
+        rollouts = self.collect(step, m)  # sample -> generate -> verify -> shape -> filter (timed inside)
         with timed(m, "batch"):
-            batch = build_batch(
-                [requests[g].prompt_ids for g in group_index.tolist()],
-                [c.response_ids for c in kept],
-                [c.logprobs for c in kept],
-                self.pad_id,
-            )
+            batch = self.to_batch(rollouts)
         with timed(m, "logprobs"):
             logprobs = self.learner.compute_logprobs(batch)
             batch.old_logprobs = logprobs["old_logprobs"]
             batch.ref_logprobs = logprobs.get("ref_logprobs")
         with timed(m, "advantages"):
+            rewards = rollouts.rewards
             if self.s.kl_in_reward and batch.ref_logprobs is not None:
                 kl = kl_estimate(batch.old_logprobs, batch.ref_logprobs, self.s.kl_estimator)
                 rewards = kl_in_reward(rewards, kl, batch.response_mask, self.s.kl_coef)
-            batch.advantages = compute_advantages(self.s.advantage, rewards, group_index, **self.s.advantage_options)
+            batch.advantages = compute_advantages(self.s.advantage, rewards, rollouts.group_index,
+                                                  **self.s.advantage_options)
         with timed(m, "update"):
             m.update(self.learner.update(batch))
         with timed(m, "sync_weights"):
             self.rollout.load_weights(self.learner.export_weights())
-        m.update(rollout_metrics(kept, rewards, batch))
+        m.update(rollout_metrics(rollouts, batch))
         return m
 
     # --- phases -------------------------------------------------------------------------------------------------
 
-    def _requests(self, prompts: Sequence[PromptItem], step: int) -> list[GenerationRequest]:
-        return [
-            GenerationRequest(p.uid, tuple(self.tokenize(p)), self.s.samples_per_prompt,
-                              request_seed(self.s.seed, step, p.uid))
-            for p in prompts
-        ]
+    def collect(self, step: int, m: dict[str, float]) -> Rollouts:
+        """Generate and score groups; with dynamic sampling keep only informative groups (rewards not all equal)
+        and generate more until ``prompts_per_step`` are collected or the rounds run out (shortfall counted)."""
+        s = self.s
+        kept: list[Rollouts] = []
+        num_kept = generated = zero_variance = rounds = 0
+        counts: Counter = Counter()
+        while num_kept < s.prompts_per_step and rounds < (s.max_generation_rounds if s.dynamic_sampling else 1):
+            with timed(m, "sample"):
+                prompts = self.prompts.next_batch(s.prompts_per_step - num_kept)
+                requests = [GenerationRequest(p.uid, tuple(self.tokenize(p)), s.samples_per_prompt,
+                                              request_seed(s.seed, step, rounds, p.uid)) for p in prompts]
+            with timed(m, "generate"):
+                completions = self.rollout.generate(requests, s.sampling)
+            with timed(m, "verify"):
+                scored = self._verify(prompts, requests, completions, counts)
+            informative = zero_variance_group_mask(scored.rewards, scored.group_index)
+            informative_groups = sorted(set(scored.group_index[informative].tolist()))
+            with_samples = sorted(set(scored.group_index.tolist()))
+            keep = informative_groups if s.dynamic_sampling else with_samples
+            kept.append(scored.select_groups(keep))
+            num_kept += len(keep)
+            generated += len(prompts)
+            zero_variance += len(with_samples) - len(informative_groups)
+            rounds += 1
+        total = max(1, sum(v for k, v in counts.items() if k in {v.value for v in VerdictKind}))
+        m.update({
+            "verify/pass_rate": counts[VerdictKind.CORRECT.value] / total,
+            "verify/parse_fail_frac": counts[VerdictKind.PARSE_FAIL.value] / total,
+            "verify/timeout_frac": counts[VerdictKind.TIMEOUT.value] / total,
+            "verify/error_frac": counts[VerdictKind.ERROR.value] / total,
+            "verify/retried": float(counts["retried"]),
+            "verify/dropped": float(counts["dropped"]),
+            "filter/rounds": float(rounds),
+            "filter/kept_frac": num_kept / max(1, generated),
+            "filter/zero_var_frac": zero_variance / max(1, generated),
+            "filter/shortfall": float(max(0, s.prompts_per_step - num_kept)),
+        })
+        rollouts = Rollouts.concat(kept)
+        if not rollouts.completions:
+            raise RuntimeError(f"step {step}: no scorable samples were collected (all groups filtered or dropped)")
+        return rollouts
 
-    def _verify(self, prompts: Sequence[PromptItem], completions: Sequence[Completion]):
-        """Rewards [N'] and group index [N'] for the completions with a rewardable verdict (infra failures dropped)."""
+    def _verify(self, prompts: Sequence[PromptItem], requests: Sequence[GenerationRequest],
+                completions: Sequence[Completion], counts: Counter) -> Rollouts:
+        """Score, drop infra failures (counted), add the overlong penalty, feed pass rates to the prompt source."""
         by_uid = {p.uid: i for i, p in enumerate(prompts)}
-        verdicts, stats = self.verifiers.score([(c.text, prompts[by_uid[c.request_id]].gold) for c in completions])
-        kept = [c for c, v in zip(completions, verdicts) if v is not None]
-        rewards = torch.tensor([v.reward for v in verdicts if v is not None], dtype=torch.float32)
-        group_index = torch.tensor([by_uid[c.request_id] for c in kept], dtype=torch.long)
-        return rewards, group_index, kept, stats
+        verdicts, c = self.verifiers.score([(x.text, prompts[by_uid[x.request_id]].gold) for x in completions])
+        counts.update(c)
+        pairs = [(x, v) for x, v in zip(completions, verdicts) if v is not None]
+        kept = [x for x, _ in pairs]
+        rewards = torch.tensor([v.reward for _, v in pairs], dtype=torch.float32)
+        if self.s.overlong_buffer_tokens:
+            lengths = torch.tensor([len(x.response_ids) for x in kept])
+            rewards = rewards + self.s.overlong_penalty * overlong_penalty(
+                lengths, self.s.sampling.max_response_tokens, self.s.overlong_buffer_tokens)
+        correct = torch.tensor([v.kind == VerdictKind.CORRECT for _, v in pairs], dtype=torch.bool)
+        group_index = torch.tensor([by_uid[x.request_id] for x in kept], dtype=torch.long)
+        self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})
+        return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index)
+
+    def to_batch(self, rollouts: Rollouts) -> TrainBatch:
+        batch = build_batch(
+            [rollouts.requests[g].prompt_ids for g in rollouts.group_index.tolist()],
+            [c.response_ids for c in rollouts.completions],
+            [c.logprobs for c in rollouts.completions],
+            self.pad_id,
+        )
+        if self.s.mask_truncated:  # DAPO overlong filtering: cut-off responses teach nothing about the answer
+            truncated = torch.tensor([c.finish_reason == "length" for c in rollouts.completions])
+            batch.response_mask[truncated] = False
+        return batch
+
+    def maybe_reset_reference(self, step: int, metrics: dict[str, float]) -> Optional[dict[str, Any]]:
+        """ProRL reference reset, if the policy says so after this step's metrics (and evaluation, if any)."""
+        cause = self.resets.cause(step, metrics) if self.resets.enabled else None
+        if cause is None:
+            return None
+        self.learner.reset_reference(self.resets.reset_optimizer)
+        event = self.resets.record(step, cause, metrics.get("actor/kl", float("nan")))
+        log.info("step %d: reference reset (%s; KL before %.4g)", step, cause, event["kl_before"])
+        return event
 
     # --- evaluation ---------------------------------------------------------------------------------------------
 
@@ -131,25 +236,26 @@ class Trainer:
         completions = self.rollout.generate(requests, greedy)
         verdicts, _ = self.verifiers.score([(c.text, p.gold) for c, p in zip(completions, heldout)])
         scored = [v for v in verdicts if v is not None]
-        correct = sum(v.kind == VerdictKind.CORRECT for v in scored)
+        n = max(1, len(scored))
         return {
-            "eval/accuracy": correct / max(1, len(scored)),
-            "eval/format_rate": sum(v.kind != VerdictKind.PARSE_FAIL for v in scored) / max(1, len(scored)),
+            "eval/accuracy": sum(v.kind == VerdictKind.CORRECT for v in scored) / n,
+            "eval/format_rate": sum(v.kind != VerdictKind.PARSE_FAIL for v in scored) / n,
             "eval/unscored": float(len(heldout) - len(scored)),
             "eval/response_len": sum(len(c.response_ids) for c in completions) / max(1, len(completions)),
         }
 
 
-def rollout_metrics(kept: Sequence[Completion], rewards: torch.Tensor, batch) -> dict[str, float]:
-    lengths = batch.response_mask.sum(dim=1).float()
+def rollout_metrics(rollouts: Rollouts, batch: TrainBatch) -> dict[str, float]:
     mask = batch.response_mask
+    lengths = torch.tensor([len(c.response_ids) for c in rollouts.completions], dtype=torch.float32)
     # How far the rollout engine's logprobs are from the learner's for the same tokens and weights.
     diff = (batch.rollout_logprobs - batch.old_logprobs).abs().masked_fill(~mask, 0.0)
     return {
-        "rollout/reward_mean": float(rewards.mean()) if len(rewards) else 0.0,
-        "rollout/response_len": float(lengths.mean()) if len(lengths) else 0.0,
-        "rollout/truncated_frac": sum(c.finish_reason == "length" for c in kept) / max(1, len(kept)),
-        "rollout/num_samples": float(len(kept)),
+        "rollout/reward_mean": float(rollouts.rewards.mean()),
+        "rollout/accuracy": float(rollouts.correct.float().mean()),
+        "rollout/response_len": float(lengths.mean()),
+        "rollout/truncated_frac": sum(c.finish_reason == "length" for c in rollouts.completions) / len(lengths),
+        "rollout/num_samples": float(len(lengths)),
         "rollout/logprob_diff_max": float(diff.max()) if mask.any() else 0.0,
         "rollout/generated_tokens": float(lengths.sum()),
     }

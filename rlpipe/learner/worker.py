@@ -167,6 +167,10 @@ class LearnerWorker:
         """ProRL-style reset: reference ← current policy (shard by shard); optionally clear the optimizer state."""
         if self.reference is None:
             raise RuntimeError("reset_reference called but this learner has no reference model (kl_coef == 0)")
+        # After a forward pass FSDP2 may leave the root's parameters unsharded (plain tensors): reshard both models
+        # so parameters pair up shard by shard.
+        _reshard(self.backend.module)
+        _reshard(self.reference)
         for ref_param, param in zip(self.reference.parameters(), self.backend.module.parameters()):
             ref_param.copy_(param.detach())
         if reset_optimizer:
@@ -179,3 +183,11 @@ class LearnerWorker:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _reshard(module: torch.nn.Module) -> None:
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()

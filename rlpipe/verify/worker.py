@@ -11,7 +11,14 @@ log = logging.getLogger(__name__)
 
 
 def build_verifier(name: str, **options: Any):
-    """``verifier.name`` -> a verifier object (``score(completion, gold) -> Verdict``)."""
+    """``verifier.name`` -> a verifier object (``score(completion, gold) -> Verdict``).
+
+    A name of the form ``package.module:Class`` builds a user's own verifier class.
+    """
+    if ":" in name:
+        from rlpipe.driver.groups import resolve
+
+        return resolve(name)(**options)
     if name == "arithmetic":
         from rlpipe.verify.arithmetic import ArithmeticVerifier
 

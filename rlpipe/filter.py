@@ -1,0 +1,106 @@
+"""``python -m rlpipe.filter [hydra overrides]``: the offline difficulty pre-pass.
+
+Samples ``prepass.samples_per_prompt`` responses for every prompt of the training pool (``data.pool_size``) with the
+policy (``model.*``) through the same rollout and verifier workers as training, and writes a pass-rate table
+(jsonl; the first row records the model, the sampling settings and the pool). Training consumes it with
+``data.pass_rate_table=PATH data.pass_rate_min=... data.pass_rate_max=...``, e.g. EXAONE's "drop prompts whose 8
+samples were all correct" is ``data.pass_rate_max=0.99``.
+
+    python -m rlpipe.filter data.pool_size=2048 prepass.samples_per_prompt=8 prepass.output=pass_rates.jsonl
+"""
+
+from __future__ import annotations
+
+import os
+
+for _k, _v in {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_k, _v)
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections import Counter  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from rlpipe.config.schema import Config, register_configs  # noqa: E402
+
+log = logging.getLogger("rlpipe")
+register_configs()
+
+
+def pass_rate_table(cfg: Config) -> dict:
+    from rlpipe.driver import build, cluster
+    from rlpipe.driver.prompts import chat_tokenizer, training_pool
+    from rlpipe.rollout.types import GenerationRequest
+    from rlpipe.tasks.arithmetic import heldout_set
+    from rlpipe.verify.types import VerdictKind
+
+    start = time.time()
+    model_path = build.model_dir(cfg)
+    tokenize, _ = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
+    heldout = {p.question for p in heldout_set(n=cfg.data.heldout_size, seed=cfg.data.seed + 1)}
+    pool = training_pool(cfg.data, heldout)
+    k = cfg.prepass.samples_per_prompt
+    session = (cluster.ray_session(cfg.cluster.address, cfg.rollout.num_engines + cfg.verifier.num_workers)
+               if cfg.cluster.mode == "ray" else nullcontext())
+    with session:
+        rollout = build.build_rollout(cfg, model_path, cfg.data.max_prompt_tokens + cfg.rollout.max_response_tokens)
+        verifiers = build.build_verifiers(cfg)
+        requests = [GenerationRequest(p.uid, tuple(tokenize(p)), k, i) for i, p in enumerate(pool)]
+        completions = rollout.generate(requests, build.sampling_settings(cfg))
+        by_uid = {p.uid: p for p in pool}
+        verdicts, counts = verifiers.score([(c.text, by_uid[c.request_id].gold) for c in completions])
+        rollout.group.shutdown()
+        verifiers.group.shutdown()
+    correct, scored = Counter(), Counter()
+    for c, v in zip(completions, verdicts):
+        if v is not None:  # infrastructure failures are not evidence about difficulty
+            scored[c.request_id] += 1
+            correct[c.request_id] += v.kind == VerdictKind.CORRECT
+    meta = {"model_path": model_path, "samples_per_prompt": k, "sampling": vars(build.sampling_settings(cfg)),
+            "data": {"task": cfg.data.task, "seed": cfg.data.seed, "pool_size": cfg.data.pool_size},
+            "verifier": cfg.verifier.name, "dropped_samples": counts["dropped"], "seconds": round(time.time() - start, 1)}
+    out = Path(cfg.prepass.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"_meta": meta}) + "\n")
+        for p in pool:
+            n = scored[p.uid]
+            rate = correct[p.uid] / n if n else None
+            f.write(json.dumps({"uid": p.uid, "prompt": p.messages[-1]["content"], "num_samples": n,
+                                "num_correct": correct[p.uid], "pass_rate": rate}) + "\n")
+    rates = [correct[p.uid] / scored[p.uid] for p in pool if scored[p.uid]]
+    histogram = Counter(round(r, 3) for r in rates)
+    summary = {"prompts": len(pool), "never_solved": histogram.get(0.0, 0), "always_solved": histogram.get(1.0, 0),
+               "mean_pass_rate": sum(rates) / max(1, len(rates)), "output": str(out.resolve()), **meta}
+    print(f"pass-rate table: {out} ({len(pool)} prompts x {k} samples, mean pass rate "
+          f"{summary['mean_pass_rate']:.3f}, never solved {summary['never_solved']}, always solved "
+          f"{summary['always_solved']}, {meta['seconds']:.0f} s)")
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    cfg: Config = OmegaConf.to_object(dcfg)
+    from rlpipe.config.validate import ConfigError, validate
+
+    try:
+        validate(cfg)
+        if cfg.data.pool_size == 0:
+            raise ConfigError("the pre-pass scores a fixed pool: set data.pool_size > 0")
+        if cfg.prepass.samples_per_prompt < 1:
+            raise ConfigError("prepass.samples_per_prompt must be >= 1")
+    except ConfigError as e:
+        print(f"rlpipe.filter: {e}", file=sys.stderr)
+        sys.exit(2)
+    pass_rate_table(cfg)
+
+
+if __name__ == "__main__":
+    main()
