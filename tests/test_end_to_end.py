@@ -50,3 +50,24 @@ def test_local_mode_run(tmp_path):
     summary, rows, _ = _train(tmp_path, "cluster=local", "trainer.total_steps=3", "trainer.eval_every_steps=3",
                               "data.heldout_size=32", "data.prompts_per_step=8")
     assert summary["steps"] == 3 and summary["eval_accuracy_final"] is not None
+
+
+def test_offline_prepass_table_is_consumed_by_training_with_dynamic_sampling(tmp_path):
+    """`python -m rlpipe.filter` writes a pass-rate table for a pool; a DAPO run keeps the window and reports it."""
+    table = tmp_path / "rates.jsonl"
+    proc = subprocess.run([sys.executable, "-m", "rlpipe.filter", "data.pool_size=64", "prepass.samples_per_prompt=4",
+                           f"prepass.output={table}", f"trainer.output_dir={tmp_path}/prepass"],
+                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in table.read_text().splitlines()]
+    assert rows[0]["_meta"]["samples_per_prompt"] == 4 and rows[0]["_meta"]["model_path"]
+    rates = [r["pass_rate"] for r in rows[1:]]
+    assert len(rates) == 64 and all(0 <= r <= 1 for r in rates)
+    expected_kept = sum(r <= 0.99 for r in rates)
+    summary, metrics, proc = _train(tmp_path / "run", "algorithm=dapo", "data.pool_size=64",
+                                    f"data.pass_rate_table={table}", "data.pass_rate_max=0.99",
+                                    "trainer.total_steps=3", "trainer.eval_every_steps=3", "data.heldout_size=32")
+    assert f"kept {expected_kept} of 64 prompts" in proc.stderr + proc.stdout
+    steps = [m for m in metrics if "filter/rounds" in m]
+    assert len(steps) == 3 and all(1 <= m["filter/rounds"] <= 4 for m in steps)
+    assert all(0 <= m["filter/kept_frac"] <= 1 and "filter/zero_var_frac" in m for m in steps)
