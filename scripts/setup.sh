@@ -36,14 +36,5 @@ else
   pip install -e ".[gpu,deepspeed,math,loggers,dev]"
 fi
 
-# The code verifier's sandbox (bubblewrap) is a system package; install it when we can (root), else say so.
-if ! command -v bwrap >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && [ -x .ci/install-system-deps.sh ]; then
-    .ci/install-system-deps.sh
-  else
-    echo "[setup] note: bubblewrap (bwrap) is not installed; the code verifier needs it (apt-get install bubblewrap)"
-  fi
-fi
-
 echo "$want" > "$STAMP"
 echo "[setup] done: $("$VENV/bin/python" -c 'import torch, vllm; print("torch", torch.__version__, "vllm", vllm.__version__)' 2>/dev/null)"

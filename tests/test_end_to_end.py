@@ -36,6 +36,28 @@ def test_default_job_learns_with_a_smaller_budget(tmp_path):
     # vLLM's logprobs match the learner's on every step: weights really were pushed in place.
     assert max(r["rollout/logprob_diff_max"] for r in rows if "rollout/logprob_diff_max" in r) < 1e-3
     assert "held-out accuracy (greedy)" in proc.stdout
+    _exported_model_loads_and_answers(tmp_path / "final_model")
+
+
+def _exported_model_loads_and_answers(model_dir):
+    """The final policy in Hugging Face format loads with transformers and with vLLM, which agree greedily."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlpipe.rollout.types import GenerationRequest, SamplingSettings
+    from rlpipe.rollout.vllm_engine import VLLMEngine
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    prompt = tok.apply_chat_template([{"role": "user", "content": "Compute 23 + 9 - 4."}], add_generation_prompt=True,
+                                     tokenize=False)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    hf_ids = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=48,
+                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+    engine = VLLMEngine(str(model_dir), max_model_len=256, kv_cache_bytes=64 << 20)
+    [out] = engine.generate([GenerationRequest("q", tuple(ids), 1, 0)], SamplingSettings(0.0, 1.0, 48))
+    assert out.response_ids == hf_ids[: len(out.response_ids)]
+    assert "\\boxed{" in out.text
 
 
 def test_hf_engine_run_with_wandb_and_tensorboard(tmp_path):

@@ -184,7 +184,12 @@ class TrainerConfig:
     seed: int = _help("Seed of sampling, initialisation and data order.", 0)
     eval_every_steps: int = _help("Greedy held-out accuracy every this many steps (and before and after training).",
                                   10)
-    save_every_steps: int = _help("Export the policy (HF format) every this many steps (0 = only at the end).", 0)
+    save_every_steps: int = _help("Write a resumable checkpoint every this many steps (0 = never).", 0)
+    keep_checkpoints: int = _help("Complete checkpoints kept; older ones are deleted once a newer one is complete.", 2)
+    checkpoint_dir: Optional[str] = _help("Where checkpoints go (default: <output_dir>/checkpoints).", None)
+    resume: str = _help(
+        "auto: continue from the newest valid checkpoint if any exists (fresh start if there are none; an error if "
+        "there are some but none is valid) | never | a checkpoint directory (an error if it is not valid).", "auto")
 
 
 @dataclass

@@ -86,5 +86,7 @@ def validate(cfg: Config) -> None:
         errors.append("data.task=file needs data.file")
     if t.save_every_steps < 0:
         errors.append("trainer.save_every_steps must be >= 0")
+    if t.keep_checkpoints < 1:
+        errors.append("trainer.keep_checkpoints must be >= 1")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))

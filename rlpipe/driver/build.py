@@ -25,6 +25,7 @@ class Roles:
     learner: LearnerGroup
 
     def shutdown(self) -> None:
+        # Rollout first: in local mode an in-process vLLM engine uses process groups the learner owns.
         for g in (self.rollout.group, self.verifiers.group, self.learner.group):
             g.shutdown()
 

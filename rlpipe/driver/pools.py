@@ -109,6 +109,12 @@ class LearnerGroup:
     def save_hf(self, path: str, source_model_path: str) -> None:
         self.group.call("save_hf", [(path, source_model_path)] * self.dp_size)
 
+    def save_checkpoint(self, path: str) -> None:
+        self.group.call("save_checkpoint", [(path,)] * self.dp_size)
+
+    def load_checkpoint(self, path: str) -> None:
+        self.group.call("load_checkpoint", [(path,)] * self.dp_size)
+
     def reset_reference(self, reset_optimizer: bool) -> dict[str, float]:
         return self.group.call("reset_reference", reset_optimizer=reset_optimizer)[0]
 

@@ -54,6 +54,23 @@ class FSDP2Backend:
         state = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if dist.get_rank() == 0 else None
 
+    def save_checkpoint(self, path: str) -> None:
+        """Collective: every rank writes its shards of the policy and the optimizer state (torch DCP format)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=path)
+
+    def load_checkpoint(self, path: str) -> None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optim_state = get_state_dict(self.module, self.optimizer)  # the shapes to load into
+        state = {"model": model_state, "optimizer": optim_state}
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
     def reset_optimizer(self) -> None:
         self.optimizer = torch.optim.AdamW(self.module.parameters(), **self._optim_args)
 

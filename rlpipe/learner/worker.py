@@ -162,6 +162,27 @@ class LearnerWorker:
         model.save_pretrained(path)
         AutoTokenizer.from_pretrained(source_model_path).save_pretrained(path)
 
+    def save_checkpoint(self, path: str) -> None:
+        """Collective: ``path/policy`` (weights + optimizer, backend format) and ``path/reference``."""
+        self.backend.save_checkpoint(f"{path}/policy")
+        if self.reference is not None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+            _reshard(self.reference)
+            dcp.save({"model": get_model_state_dict(self.reference)}, checkpoint_id=f"{path}/reference")
+
+    def load_checkpoint(self, path: str) -> None:
+        self.backend.load_checkpoint(f"{path}/policy")
+        if self.reference is not None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+            _reshard(self.reference)
+            state = {"model": get_model_state_dict(self.reference)}
+            dcp.load(state, checkpoint_id=f"{path}/reference")
+            set_model_state_dict(self.reference, state["model"])
+
     @torch.no_grad()
     def reset_reference(self, reset_optimizer: bool = False) -> dict[str, float]:
         """ProRL-style reset: reference ← current policy (shard by shard); optionally clear the optimizer state."""
@@ -177,8 +198,14 @@ class LearnerWorker:
             self.backend.reset_optimizer()
         return {"optimizer_state_tensors": float(self.backend.optimizer_state_size())}
 
-    def ping(self) -> int:
-        return self.rank
+    def node_id(self) -> str:
+        """The Ray node this rank runs on ('' outside Ray): placement tests and logs use it."""
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        except ImportError:
+            return ""
 
     def shutdown(self) -> None:
         if dist.is_initialized():

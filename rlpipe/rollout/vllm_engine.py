@@ -105,6 +105,14 @@ class VLLMEngine:
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
 
+    def shutdown(self) -> None:
+        """Release the in-process engine's torch.distributed groups. When a learner shares the process (local mode,
+        tests) it destroys the default group afterwards; vLLM's own exit hook would then fail on the dead groups."""
+        from vllm.distributed.parallel_state import destroy_model_parallel
+
+        destroy_model_parallel()
+        del self.llm
+
     def sleep(self) -> None:
         if _on_gpu():  # sleep mode is GPU-only; on CPU the KV cache is small and stays
             self.llm.sleep(level=1)

@@ -69,4 +69,5 @@ def test_vllm_logprobs_match_learner_after_push(micro_model_dir):
     print(f"max |logprob diff| before push {before:.3g}, after push {after:.3g}")
     assert before > 1e-2
     assert after < 1e-3
+    engine.shutdown()
     learner.shutdown()
