@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -26,7 +27,12 @@ class PrivateRayHead:
     def __init__(self, num_cpus: int = 4):
         self.temp_dir = tempfile.mkdtemp(prefix="rlpipe-rt-", dir="/tmp")
         self.gcs_port, self.dashboard_port = free_port(), free_port()
-        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+        # Token authentication, as on a shared cluster: the head and every client read the same token file.
+        token = Path(self.temp_dir) / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+                        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
         self.env.pop("RAY_ADDRESS", None)
         self.ray = str(Path(sys.executable).with_name("ray"))
         subprocess.run(

@@ -19,8 +19,9 @@ def test_learner_ranks_spread_over_two_nodes(micro_model_dir, tmp_path):
     from rlpipe.driver.prompts import build_prompts, chat_tokenizer
     from rlpipe.driver.run import make_trainer
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2},
-                      ray_temp_root_dir=str(tmp_path / "ray"))
+    # Ray's default temp root (Cluster always records its address there); the session dir is unique, and
+    # cluster.shutdown() stops only this cluster's processes.
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
     cluster.add_node(num_cpus=2)
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
