@@ -44,9 +44,13 @@ def main(dcfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"rlpipe: {e}", file=sys.stderr)
         sys.exit(2)
-    from rlpipe.driver.run import run
+    from rlpipe.driver.run import RunAborted, run
 
-    run(cfg, resolved_config=OmegaConf.to_container(dcfg, resolve=True))
+    try:
+        run(cfg, resolved_config=OmegaConf.to_container(dcfg, resolve=True))
+    except RunAborted as e:
+        print(f"rlpipe: run aborted: {e}", file=sys.stderr, flush=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,12 @@ echo "[rlpipe] submitted $job_id to $address"
 [ "$follow" = 1 ] || exit 0
 
 "$RAY" job logs --address "$address" --follow "$job_id" || true
-status=$("$RAY" job status --address "$address" "$job_id" 2>&1 | grep -oE "(SUCCEEDED|FAILED|STOPPED|RUNNING|PENDING)" \
-  | tail -n 1)
-echo "[rlpipe] job $job_id: $status"
-[ "$status" = "SUCCEEDED" ]
+status=$("$RAY" job status --address "$address" "$job_id" 2>&1) || true
+# Ray 2.5x prints "Job '<id>' succeeded"; older versions "Status for job '<id>': SUCCEEDED".
+if grep -qiE "job '$job_id' succeeded|: SUCCEEDED" <<<"$status"; then
+  echo "[rlpipe] job $job_id: SUCCEEDED"
+  exit 0
+fi
+echo "[rlpipe] job $job_id did not succeed:" >&2
+echo "$status" >&2
+exit 1

@@ -71,9 +71,18 @@ class DataConfig:
     pass_rate_min: float = _help("Lowest pass rate kept from the table (e.g. 0.01 drops never-solved prompts).", 0.0)
     pass_rate_max: float = _help("Highest pass rate kept (EXAONE drops prompts whose 8 samples were all correct: 0.99).",
                                  1.0)
-    file: Optional[str] = _help("Data set file for data.task=file (jsonl / parquet / HF saved dataset).", None)
-    format: Optional[str] = _help("Preset of field names for data.task=file: gsm8k, math500, aime, mbpp, humaneval.",
-                                  None)
+    file: Optional[str] = _help("Data set file for data.task=file: .jsonl(.gz), .json, .parquet, or a directory "
+                                "written by datasets' save_to_disk.", None)
+    format: Optional[str] = _help("Format of data.file (field names and gold fields): gsm8k, math (= math500), aime, "
+                                  "mbpp, humaneval, stdio.", None)
+    fields: dict[str, str] = _help("Field-name overrides for data.file, e.g. {prompt: question, answer: final}.",
+                                   default_factory=dict)
+    split: Optional[str] = _help("Split of a saved Hugging Face DatasetDict.", None)
+    heldout_file: Optional[str] = _help("Held-out (evaluation) file, same format; default: data.heldout_size rows "
+                                        "split off data.file.", None)
+    on_bad_row: str = _help("A bad row in a data file: error (stop, naming it) | skip (count it per reason and write "
+                            "it to the quarantine file).", "error")
+    quarantine_file: Optional[str] = _help("Where skipped rows go (default: <output_dir>/quarantine.jsonl).", None)
 
 
 @dataclass
@@ -151,6 +160,14 @@ class VerifierConfig:
     max_retries: int = _help("Retries of a sample whose verdict is timeout/error before it is dropped (counted).", 2)
     correct_reward: float = _help("Reward of a correct answer.", 1.0)
     wrong_reward: float = _help("Reward of a wrong answer or an unparsable one (DAPO uses -1).", 0.0)
+    timeout_s: float = _help("Deadline of one sample's check (math: parse + compare); past it the verdict is "
+                             "timeout: retried, never scored.", 5.0)
+    answer_fallback: str = _help("math: where the answer is when there is no \\boxed{} or '####': none (parse_fail) "
+                                 "| last_number | math_verify (math-verify's own extraction on the whole text).",
+                                 "none")
+    format: str = _help("math: required response format: none | think ('<think>...</think> answer'; the answer is "
+                        "looked for after </think>).", "none")
+    format_reward: float = _help("math: reward added when the format is followed.", 0.0)
 
 
 @dataclass
@@ -160,11 +177,15 @@ class ClusterConfig:
                                    None)
     num_cpus: Optional[int] = _help("Logical CPUs of a locally started Ray instance (default: what the roles need).",
                                     None)
-    placement: str = _help("colocated (rollout and learner share devices) | split (separate pools).", "split")
+    placement: str = _help("split (rollout engines and learner ranks get their own GPUs) | colocated (they share "
+                           "GPUs; the engines sleep during the learner's phases). No effect on CPU-only clusters "
+                           "beyond the sleep/wake calls, which are no-ops there.", "split")
     learner_placement_strategy: str = _help("Placement-group strategy for learner ranks: PACK | SPREAD | "
                                             "STRICT_SPREAD.", "PACK")
     call_timeout_s: float = _help("Deadline of every remote call the driver waits on: a hang becomes an error.",
                                   900.0)
+    max_actor_restarts: int = _help("How often Ray restarts a crashed rollout or verifier actor (its work is "
+                                    "re-queued); learner ranks are never restarted: their death ends the run.", 3)
 
 
 @dataclass

@@ -61,13 +61,18 @@ def sampling_settings(cfg: Config) -> SamplingSettings:
 def build_roles(cfg: Config, model_path: str, max_model_len: int) -> Roles:
     # Learner ranks first: their placement group is the scarcest resource.
     learner = build_learner(cfg, model_path)
-    return Roles(build_rollout(cfg, model_path, max_model_len), build_verifiers(cfg), learner)
+    roles = Roles(build_rollout(cfg, model_path, max_model_len), build_verifiers(cfg), learner)
+    if cfg.cluster.mode == "ray":  # which process is which, for whoever has to read a crash report or a top
+        log.info("worker pids: learner ranks %s, rollout engines %s, verifiers %s", learner.group.pids(),
+                 roles.rollout.group.pids(), roles.verifiers.group.pids())
+    return roles
 
 
 def build_learner(cfg: Config, model_path: str) -> LearnerGroup:
     mode, timeout = cfg.cluster.mode, cfg.cluster.call_timeout_s
     n = cfg.learner.num_workers
-    options = cluster.learner_actor_options(n, cfg.cluster.learner_placement_strategy, timeout) if mode == "ray" else ()
+    options = (cluster.learner_actor_options(n, cfg.cluster.learner_placement_strategy, timeout, cfg.cluster.placement)
+               if mode == "ray" else ())
     group = Group("learner", mode, n, options, timeout)
     master_addr, master_port = group.rendezvous_address()
     common = dict(
@@ -95,9 +100,10 @@ def build_learner(cfg: Config, model_path: str) -> LearnerGroup:
 
 def build_rollout(cfg: Config, model_path: str, max_model_len: int) -> RolloutPool:
     mode, r = cfg.cluster.mode, cfg.rollout
-    gpus = 1 if mode == "ray" and cluster.cluster_has_gpus() else 0
-    options = cluster.role_actor_options(r.num_engines, gpus=gpus) if mode == "ray" else ()
-    group = Group("rollout", mode, r.num_engines, options, cfg.cluster.call_timeout_s)
+    gpus = cluster.gpus_per_rollout_engine(cfg.cluster.placement) if mode == "ray" else 0
+    restarts = cfg.cluster.max_actor_restarts
+    options = cluster.role_actor_options(r.num_engines, gpus=gpus, max_restarts=restarts) if mode == "ray" else ()
+    group = Group("rollout", mode, r.num_engines, options, cfg.cluster.call_timeout_s, restartable=True)
     group.construct("rlpipe.rollout:build_engine", [
         dict(engine=r.engine, model_path=model_path, seed=cfg.trainer.seed + i, dtype=cfg.model.dtype,
              max_model_len=max_model_len, kv_cache_bytes=r.kv_cache_bytes,
@@ -109,8 +115,9 @@ def build_rollout(cfg: Config, model_path: str, max_model_len: int) -> RolloutPo
 
 def build_verifiers(cfg: Config) -> VerifierPool:
     mode, v = cfg.cluster.mode, cfg.verifier
-    options = cluster.role_actor_options(v.num_workers) if mode == "ray" else ()
-    group = Group("verifier", mode, v.num_workers, options, cfg.cluster.call_timeout_s)
+    options = (cluster.role_actor_options(v.num_workers, max_restarts=cfg.cluster.max_actor_restarts)
+               if mode == "ray" else ())
+    group = Group("verifier", mode, v.num_workers, options, cfg.cluster.call_timeout_s, restartable=True)
     group.construct("rlpipe.verify.worker:VerifierWorker",
                     [dict(name=v.name, options=verifier_options(cfg))] * v.num_workers)
     return VerifierPool(group, v.max_retries)
@@ -118,8 +125,14 @@ def build_verifiers(cfg: Config) -> VerifierPool:
 
 def verifier_options(cfg: Config) -> dict:
     v = cfg.verifier
+    rewards = dict(correct_reward=v.correct_reward, wrong_reward=v.wrong_reward, parse_fail_reward=v.wrong_reward)
     if v.name == "arithmetic":
-        return dict(correct_reward=v.correct_reward, wrong_reward=v.wrong_reward, parse_fail_reward=v.wrong_reward)
+        return rewards
+    if v.name == "math":
+        return dict(rewards, timeout_s=v.timeout_s, fallback=v.answer_fallback, format=v.format,
+                    format_reward=v.format_reward)
+    if v.name == "code":
+        return dict(rewards, timeout_s=v.timeout_s)
     return {}
 
 
@@ -153,6 +166,7 @@ def step_settings(cfg: Config) -> StepSettings:
         overlong_buffer_tokens=a.overlong_buffer_tokens,
         overlong_penalty=a.overlong_penalty,
         mask_truncated=a.mask_truncated,
+        colocated=cfg.cluster.placement == "colocated",
     )
 
 

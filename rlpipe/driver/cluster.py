@@ -63,13 +63,25 @@ def cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def learner_actor_options(num_ranks: int, strategy: str, timeout_s: float) -> list[dict]:
+# Colocated placement on GPUs: a learner rank and a rollout engine share one GPU (the engine sleeps while the learner
+# computes). Ray only needs the two fractions to sum to at most 1; vLLM's own share is rollout.gpu_memory_utilization.
+COLOCATED_GPU_SHARE = 0.5
+
+
+def gpus_per_rollout_engine(placement: str) -> float:
+    if not cluster_has_gpus():
+        return 0.0
+    return COLOCATED_GPU_SHARE if placement == "colocated" else 1.0
+
+
+def learner_actor_options(num_ranks: int, strategy: str, timeout_s: float, placement: str = "split") -> list[dict]:
     """One placement-group bundle per learner rank (PACK / SPREAD / STRICT_SPREAD across nodes)."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    gpu = cluster_has_gpus()
-    bundle = {"CPU": 1, "GPU": 1} if gpu else {"CPU": 1}
+    gpu = COLOCATED_GPU_SHARE if placement == "colocated" else 1.0
+    gpu = gpu if cluster_has_gpus() else 0.0
+    bundle = {"CPU": 1, "GPU": gpu} if gpu else {"CPU": 1}
     pg = ray.util.placement_group([dict(bundle) for _ in range(num_ranks)], strategy=strategy)
     if not pg.wait(timeout_seconds=timeout_s):
         raise RuntimeError(
@@ -79,7 +91,7 @@ def learner_actor_options(num_ranks: int, strategy: str, timeout_s: float) -> li
     return [
         dict(
             num_cpus=1,
-            num_gpus=1 if gpu else 0,
+            num_gpus=gpu,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
             runtime_env={"env_vars": actor_env()},
         )
@@ -88,7 +100,10 @@ def learner_actor_options(num_ranks: int, strategy: str, timeout_s: float) -> li
 
 
 def role_actor_options(count: int, *, gpus: float = 0.0, cpus: float = 1.0, max_restarts: int = 0) -> list[dict]:
+    # max_task_retries=0: a call lost with a crashed actor is re-queued by the driver's pool (which first gives a
+    # restarted rollout engine the current weights), never silently re-run by Ray on a stale engine.
     return [
-        dict(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts, runtime_env={"env_vars": actor_env()})
+        dict(num_cpus=cpus, num_gpus=gpus, max_restarts=max_restarts, max_task_retries=0,
+             runtime_env={"env_vars": actor_env()})
         for _ in range(count)
     ]

@@ -21,28 +21,78 @@ def _round_robin(items: Sequence, n: int) -> list[list]:
     return [list(items[i::n]) for i in range(n)]
 
 
+def run_with_requeue(group: Group, method: str, chunks: Sequence[list], args: tuple, faults: Counter,
+                     on_restart=None) -> list[list]:
+    """``method(chunk, *args)`` on worker i for chunk i; a chunk whose worker died is re-run on the restarted worker.
+
+    Results come back only from calls that finished, so a re-run chunk is counted once: nothing is lost and
+    nothing duplicated. ``on_restart(i)`` runs after worker i came back (e.g. to give it the current weights).
+    A worker whose restarts are used up makes the call fail.
+    """
+    results: list = [None] * len(chunks)
+    todo = [i for i, c in enumerate(chunks) if c]
+    for i, c in enumerate(chunks):
+        if not c:
+            results[i] = []
+    while todo:
+        handles = [group.submit_to(i, method, chunks[i], *args) for i in todo]
+        out, died = group.settle(handles, method, indices=todo)
+        again = []
+        for pos, i in enumerate(todo):
+            if pos in died:
+                log.warning("%s; re-queueing its %d item(s) on the restarted worker", died[pos], len(chunks[i]))
+                faults[f"{group.name}_restarts"] += 1
+                faults[f"{group.name}_requeued"] += len(chunks[i])
+                group.wait_until_alive(i)
+                if on_restart is not None:
+                    on_restart(i)
+                again.append(i)
+            else:
+                results[i] = out[pos]
+        todo = again
+    return results
+
+
 class RolloutPool:
     def __init__(self, group: Group):
         self.group = group
+        self.faults: Counter = Counter()  # restarts and re-queued requests, read (and reset) by the trainer
+        # The last weights pushed: a restarted engine starts from the initial checkpoint and must get them again.
+        self._weights: Any = None
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]:
-        chunks = [c for c in _round_robin(requests, self.group.size)]
-        handles = [self.group.submit_to(i, "generate", chunk, sampling) for i, chunk in enumerate(chunks) if chunk]
-        completions = [c for part in self.group.get(handles, "generate") for c in part]
+        chunks = _round_robin(requests, self.group.size)
+        parts = run_with_requeue(self.group, "generate", chunks, (sampling,), self.faults, self._restore_weights)
+        completions = [c for part in parts for c in part]
         order = {r.request_id: i for i, r in enumerate(requests)}
         completions.sort(key=lambda c: (order[c.request_id], c.sample_index))
         return completions
 
     def load_weights(self, weights_handle: Any) -> None:
+        self._weights = weights_handle
         self.group.get(self.group.submit("load_weights", [(weights_handle,)] * self.group.size), "load_weights")
+
+    def sleep(self) -> None:
+        """Free the engines' device memory (vLLM sleep mode; a no-op on CPU) while the learner uses the devices."""
+        self.group.call("sleep")
+
+    def wake_up(self) -> None:
+        self.group.call("wake_up")
+
+    def _restore_weights(self, index: int) -> None:
+        if self._weights is not None:
+            self.group.get([self.group.submit_to(index, "load_weights", self._weights)], "load_weights",
+                           indices=[index])
 
 
 class VerifierPool:
-    """Scores completions on the verifier workers; timeouts and infra errors are retried, then dropped (counted)."""
+    """Scores completions on the verifier workers; timeouts and infra errors are retried, then dropped (counted).
+    A verifier worker that dies is restarted and its share re-scored."""
 
     def __init__(self, group: Group, max_retries: int):
         self.group = group
         self.max_retries = max_retries
+        self.faults: Counter = Counter()
 
     def score(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Verdict | None], Counter]:
         """Verdicts in input order (None: still timeout/error after the retries, dropped) and counts of first-try
@@ -51,10 +101,11 @@ class VerifierPool:
         pending = list(range(len(items)))
         counts: Counter = Counter()
         for attempt in range(self.max_retries + 1):
-            chunks = [c for c in _round_robin(pending, self.group.size) if c]
-            handles = [self.group.submit_to(i, "score_batch", [items[j] for j in chunk]) for i, chunk in enumerate(chunks)]
+            chunks = _round_robin(pending, self.group.size)
+            results = run_with_requeue(self.group, "score_batch", [[items[j] for j in c] for c in chunks], (),
+                                       self.faults)
             still = []
-            for chunk, result in zip(chunks, self.group.get(handles, "score_batch")):
+            for chunk, result in zip(chunks, results):
                 for j, v in zip(chunk, result):
                     if attempt == 0:
                         counts[v.kind.value] += 1
@@ -103,7 +154,8 @@ class LearnerGroup:
     def export_weights(self) -> Any:
         """Gather full weights (collective over ranks); returns rank 0's handle (a Ray ObjectRef in Ray mode)."""
         handles = self.group.submit("export_weights")
-        self.group.get(handles[1:], "export_weights")  # the other ranks only take part in the gather
+        # The other ranks only take part in the gather.
+        self.group.get(handles[1:], "export_weights", indices=range(1, self.dp_size))
         return handles[0]
 
     def save_hf(self, path: str, source_model_path: str) -> None:

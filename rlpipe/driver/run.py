@@ -17,7 +17,8 @@ from tqdm import tqdm
 from rlpipe.config.schema import Config
 from rlpipe.driver import build, cluster
 from rlpipe.driver.checkpoint import CheckpointManager, config_hash
-from rlpipe.driver.prompts import build_prompts, chat_tokenizer
+from rlpipe.driver.groups import RemoteCallError, WorkerDied
+from rlpipe.driver.prompts import build_prompts, chat_length, chat_tokenizer
 from rlpipe.driver.trainer import Trainer
 from rlpipe.reporting.report import format_summary, write_summary
 from rlpipe.reporting.sinks import build_sinks
@@ -27,6 +28,21 @@ log = logging.getLogger("rlpipe")
 
 class ResumeError(RuntimeError):
     pass
+
+
+class RunAborted(RuntimeError):
+    """A worker died or hung: the run cannot go on. The message says which, why, and how to continue."""
+
+
+def abort_message(error: Exception, checkpoints: CheckpointManager) -> str:
+    lines = [str(error)]
+    if isinstance(error, WorkerDied) and error.role == "learner":
+        lines.append("A learner rank's process ended (killed — e.g. by the out-of-memory killer —, crashed, or its "
+                     "node was lost); the other ranks cannot continue without it.")
+    latest = checkpoints.latest_valid()
+    lines.append(f"Last complete checkpoint: {latest}; rerun with trainer.resume=auto to continue from it."
+                 if latest else "No checkpoint was written yet (trainer.save_every_steps sets the interval).")
+    return "\n".join(lines)
 
 
 def run(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
@@ -42,50 +58,58 @@ def run(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
 
     model_path = build.model_dir(cfg)
     tokenize, tokenizer = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
-    prompts, heldout = build_prompts(cfg.data)
+    prompts, heldout = build_prompts(cfg.data, chat_length(tokenizer), quarantine=str(run_dir / "quarantine.jsonl"))
     max_model_len = cfg.data.max_prompt_tokens + cfg.rollout.max_response_tokens
 
     session = (cluster.ray_session(cfg.cluster.address, max(build.actors_needed(cfg), 2))
                if cfg.cluster.mode == "ray" else nullcontext())
-    with session:
-        roles = build.build_roles(cfg, model_path, max_model_len)
-        trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
-        evaluate = lambda: trainer.evaluate(heldout, cfg.rollout.max_response_tokens)  # noqa: E731
-        first_step = 1
-        if resume_from is not None:
-            first_step = restore(resume_from, trainer, roles, run_hash) + 1
-            truncate_metrics(run_dir / "metrics.jsonl", first_step - 1)
-        sinks = build_sinks(cfg.logger.backends, run_dir, wandb_project=cfg.logger.wandb_project,
-                            wandb_mode=cfg.logger.wandb_mode, config=resolved_config,
-                            console=not cfg.logger.progress_bar)
-        events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
-        if resume_from is None:
-            first = timed_eval(evaluate)
-            sinks.log(0, first)
-            log.info("initial held-out accuracy: %.1f%% (%d problems)", 100 * first["eval/accuracy"], len(heldout))
-        bar = tqdm(range(first_step, t.total_steps + 1), desc="rlpipe", unit="step",
-                   disable=not cfg.logger.progress_bar, dynamic_ncols=True)
-        for step in bar:
-            metrics = trainer.step(step)
-            if step % t.eval_every_steps == 0 or step == t.total_steps:
-                metrics.update(timed_eval(evaluate))
-            event = trainer.maybe_reset_reference(step, metrics)
-            if event is not None:
-                metrics["reset/reference"] = 1.0
-                events.write(json.dumps({"event": "reference_reset", **event}) + "\n")
-                events.flush()
-            sinks.log(step, metrics)
-            if t.save_every_steps and step % t.save_every_steps == 0:
-                with_timing = time.perf_counter()
-                save(checkpoints, step, trainer, roles, run_hash, cfg.learner.num_workers)
-                log.info("checkpoint at step %d (%.1f s)", step, time.perf_counter() - with_timing)
-            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
-                            acc=f"{metrics.get('eval/accuracy', float('nan')):.3f}")
-        bar.close()
-        events.close()
-        sinks.close()
-        roles.learner.save_hf(str(run_dir / "final_model"), model_path)
-        roles.shutdown()
+    try:
+        with session:
+            roles = build.build_roles(cfg, model_path, max_model_len)
+            trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
+            evaluate = lambda: trainer.evaluate(heldout, cfg.rollout.max_response_tokens)  # noqa: E731
+            first_step = 1
+            if resume_from is not None:
+                first_step = restore(resume_from, trainer, roles, run_hash) + 1
+                truncate_metrics(run_dir / "metrics.jsonl", first_step - 1)
+                truncate_metrics(run_dir / "ledger.jsonl", first_step - 1)
+            sinks = build_sinks(cfg.logger.backends, run_dir, wandb_project=cfg.logger.wandb_project,
+                                wandb_mode=cfg.logger.wandb_mode, config=resolved_config,
+                                console=not cfg.logger.progress_bar)
+            events = open(run_dir / "events.jsonl", "a", encoding="utf-8")
+            ledger = open(run_dir / "ledger.jsonl", "a", encoding="utf-8")
+            if resume_from is None:
+                first = timed_eval(evaluate)
+                sinks.log(0, first)
+                log.info("initial held-out accuracy: %.1f%% (%d problems)", 100 * first["eval/accuracy"], len(heldout))
+            bar = tqdm(range(first_step, t.total_steps + 1), desc="rlpipe", unit="step",
+                       disable=not cfg.logger.progress_bar, dynamic_ncols=True)
+            for step in bar:
+                metrics = trainer.step(step)
+                ledger.write(json.dumps({"step": step, "samples": trainer.last_ledger}) + "\n")
+                ledger.flush()
+                if step % t.eval_every_steps == 0 or step == t.total_steps:
+                    metrics.update(timed_eval(evaluate))
+                event = trainer.maybe_reset_reference(step, metrics)
+                if event is not None:
+                    metrics["reset/reference"] = 1.0
+                    events.write(json.dumps({"event": "reference_reset", **event}) + "\n")
+                    events.flush()
+                sinks.log(step, metrics)
+                if t.save_every_steps and step % t.save_every_steps == 0:
+                    with_timing = time.perf_counter()
+                    save(checkpoints, step, trainer, roles, run_hash, cfg.learner.num_workers)
+                    log.info("checkpoint at step %d (%.1f s)", step, time.perf_counter() - with_timing)
+                bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}",
+                                acc=f"{metrics.get('eval/accuracy', float('nan')):.3f}")
+            bar.close()
+            events.close()
+            ledger.close()
+            sinks.close()
+            roles.learner.save_hf(str(run_dir / "final_model"), model_path)
+            roles.shutdown()
+    except RemoteCallError as e:
+        raise RunAborted(abort_message(e, checkpoints)) from e
     summary = write_summary(run_dir, {"steps": t.total_steps, "wall_seconds": time.time() - start,
                                       "resumed_from_step": first_step - 1 if resume_from else None,
                                       "model_path": model_path, "algorithm": cfg.algorithm.name})

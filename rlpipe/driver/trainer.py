@@ -60,6 +60,7 @@ class StepSettings:
     overlong_buffer_tokens: int = 0
     overlong_penalty: float = 1.0
     mask_truncated: bool = False
+    colocated: bool = False  # rollout engines share devices with the learner: they sleep during its phases
 
 
 @dataclass
@@ -118,12 +119,17 @@ class Trainer:
         self.learner = learner
         self.s = settings
         self.resets = resets or ResetPolicy()
+        # Which samples the last step trained on ("<prompt uid>#<sample index>"), for the run's ledger.
+        self.last_ledger: list[str] = []
 
     def step(self, step: int) -> dict[str, float]:
         m: dict[str, float] = {}
         rollouts = self.collect(step, m)  # sample -> generate -> verify -> shape -> filter (timed inside)
         with timed(m, "batch"):
             batch = self.to_batch(rollouts)
+        if self.s.colocated:
+            with timed(m, "engine_sleep"):
+                self.rollout.sleep()
         with timed(m, "logprobs"):
             logprobs = self.learner.compute_logprobs(batch)
             batch.old_logprobs = logprobs["old_logprobs"]
@@ -137,10 +143,24 @@ class Trainer:
                                                   **self.s.advantage_options)
         with timed(m, "update"):
             m.update(self.learner.update(batch))
+        if self.s.colocated:
+            with timed(m, "engine_wake"):
+                self.rollout.wake_up()
         with timed(m, "sync_weights"):
             self.rollout.load_weights(self.learner.export_weights())
         m.update(rollout_metrics(rollouts, batch))
+        m.update(self._fault_metrics())
+        self.last_ledger = [f"{c.request_id}#{c.sample_index}" for c in rollouts.completions]
         return m
+
+    def _fault_metrics(self) -> dict[str, float]:
+        """Worker restarts and re-queued items since the last step (evaluation included), then reset."""
+        out = {}
+        for pool in (self.rollout, self.verifiers):
+            for key, value in pool.faults.items():
+                out[f"faults/{key}"] = float(value)
+            pool.faults.clear()
+        return out
 
     # --- phases -------------------------------------------------------------------------------------------------
 

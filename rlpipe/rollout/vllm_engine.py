@@ -47,6 +47,7 @@ class VLLMEngine:
         )
         if _on_gpu():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = True  # cluster.placement=colocated: sleep while the learner computes
         else:
             # vLLM's CPU memory check looks at one NUMA node; an explicit KV-cache size avoids a false refusal.
             kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
@@ -104,6 +105,11 @@ class VLLMEngine:
         weights = list(named_tensors.items())
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+
+    @staticmethod
+    def is_fatal(error: BaseException) -> bool:
+        """A dead engine core cannot be revived inside this process: the actor host exits so Ray restarts it."""
+        return type(error).__name__ == "EngineDeadError"
 
     def shutdown(self) -> None:
         """Release the in-process engine's torch.distributed groups. When a learner shares the process (local mode,

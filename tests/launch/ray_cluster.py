@@ -23,10 +23,36 @@ def free_port() -> int:
             return port
 
 
+def processes_of(marker: str) -> list[int]:
+    """Processes whose command line contains ``marker``, plus all their descendants (this process excluded)."""
+    children: dict[int, list[int]] = {}
+    roots = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
+            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+        if marker in cmdline:
+            roots.append(int(entry))
+    found, stack = set(), list(roots)
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found.add(pid)
+            stack.extend(children.get(pid, []))
+    return sorted(found)
+
+
 class PrivateRayHead:
     def __init__(self, num_cpus: int = 4):
         self.temp_dir = tempfile.mkdtemp(prefix="rlpipe-rt-", dir="/tmp")
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        # Every port Ray would otherwise take from a fixed default (the dashboard agent's 52365 above all): two
+        # Ray instances on one machine, or one that is still shutting down, must not collide.
+        self.gcs_port, self.dashboard_port, agent_port = free_port(), free_port(), free_port()
         # Token authentication, as on a shared cluster: the head and every client read the same token file.
         token = Path(self.temp_dir) / "auth_token"
         token.write_text(secrets.token_hex(32))
@@ -38,22 +64,14 @@ class PrivateRayHead:
         subprocess.run(
             [self.ray, "start", "--head", f"--port={self.gcs_port}", "--node-ip-address=127.0.0.1",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}", f"--num-cpus={num_cpus}",
-             f"--temp-dir={self.temp_dir}", "--disable-usage-stats"],
+             f"--dashboard-agent-listen-port={agent_port}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats"],
             check=True, env=self.env, capture_output=True, timeout=120)
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
 
     def pids(self) -> list[int]:
-        """Every process whose command line names this head's temp dir (gcs_server, raylet, dashboard, workers)."""
-        out = []
-        for pid in os.listdir("/proc"):
-            if pid.isdigit() and int(pid) != os.getpid():
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-                except OSError:
-                    continue
-                if self.temp_dir in cmdline:
-                    out.append(int(pid))
-        return out
+        """Every process of this head: those whose command line names its temp dir (gcs_server, raylet, dashboard)
+        and all their descendants (workers and agents rename themselves, e.g. ``ray::DashboardAgent``)."""
+        return processes_of(self.temp_dir)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period (gcs_server and raylet may ignore SIGTERM)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
+from ray_cluster import free_port
 from slurm_cluster import PrivateSlurm, available
 
 pytestmark = [pytest.mark.slow,
@@ -22,7 +23,8 @@ def test_sbatch_runs_a_short_job_to_completion(tmp_path):
         out = tmp_path / "run"
         env = dict(slurm.env, RLPIPE_PYTHON=sys.executable, RAY=str(Path(sys.executable).with_name("ray")),
                    RLPIPE_HEAD_IP="127.0.0.1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-                   RLPIPE_RAY_PORT="26379", RLPIPE_DASHBOARD_PORT="28265")
+                   RLPIPE_RAY_PORT=str(free_port()), RLPIPE_DASHBOARD_PORT=str(free_port()),
+                   RLPIPE_AGENT_PORT=str(free_port()))
         env.pop("RAY_ADDRESS", None)
         proc = subprocess.run(
             ["sbatch", "--wait", "--nodes=1", f"--output={tmp_path}/slurm-%j.log", "launch/slurm/rlpipe.sbatch",

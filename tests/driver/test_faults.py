@@ -1,0 +1,122 @@
+"""Dead workers. A rollout or verifier actor SIGKILLed in the middle of a step is restarted and its share re-queued:
+the step's ledger holds every sample exactly once, and the restarted engine serves the current weights. A learner
+rank SIGKILLed mid-run ends the run quickly with a message naming the rank, and a resumed run completes."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+PROMPTS, SAMPLES = 4, 4
+
+
+def _kill_on_submit(group, method: str):
+    """Make the next ``method`` call submitted to worker 0 of ``group`` lose its worker: SIGKILL it right after."""
+    pid = group.pids()[0]  # asked now, while the worker is idle (a call queues behind a running one)
+    original = group.submit_to
+    fired = []
+
+    def submit_to(index, m, *args, **kwargs):
+        handle = original(index, m, *args, **kwargs)
+        if m == method and index == 0 and not fired:
+            os.kill(pid, signal.SIGKILL)
+            fired.append(pid)
+        return handle
+
+    group.submit_to = submit_to
+    return fired
+
+
+def _assert_ledger_exact(trainer):
+    """Every prompt of the step has its samples 0..SAMPLES-1, each exactly once."""
+    ids = Counter(trainer.last_ledger)
+    assert all(n == 1 for n in ids.values()), f"duplicated samples: {[k for k, n in ids.items() if n > 1]}"
+    per_prompt = Counter(k.rsplit("#", 1)[0] for k in ids)
+    assert len(per_prompt) == PROMPTS and set(per_prompt.values()) == {SAMPLES}, per_prompt
+    assert {int(k.rsplit("#", 1)[1]) for k in ids} == set(range(SAMPLES))
+
+
+def test_killed_rollout_and_verifier_actors_are_restarted_and_no_sample_is_lost(micro_model_dir):
+    import ray
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from rlpipe.config.schema import register_configs
+    from rlpipe.driver import build, cluster
+    from rlpipe.driver.prompts import build_prompts, chat_tokenizer
+    from rlpipe.driver.run import make_trainer
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = OmegaConf.to_object(compose("config", overrides=[
+            f"model.path={micro_model_dir}", f"data.prompts_per_step={PROMPTS}",
+            f"rollout.samples_per_prompt={SAMPLES}", "rollout.max_response_tokens=24", "learner.lr=1e-2",
+            "verifier.num_workers=2"]))
+    with cluster.ray_session(None, build.actors_needed(cfg)):
+        roles = build.build_roles(cfg, str(micro_model_dir), 256)
+        tokenize, tokenizer = chat_tokenizer(str(micro_model_dir), cfg.data.max_prompt_tokens)
+        prompts, _ = build_prompts(cfg.data)
+        trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
+
+        trainer.step(1)  # a large learning rate: after this push, an engine with the initial weights would differ
+        killed = _kill_on_submit(roles.rollout.group, "generate")
+        m2 = trainer.step(2)
+        assert killed and roles.rollout.group.pids()[0] != killed[0], "the rollout actor was not replaced"
+        assert m2["faults/rollout_restarts"] == 1 and m2["faults/rollout_requeued"] == PROMPTS
+        _assert_ledger_exact(trainer)
+        # The restarted engine got the step-1 weights before regenerating: its logprobs match the learner's.
+        assert m2["rollout/logprob_diff_max"] < 1e-3, m2["rollout/logprob_diff_max"]
+
+        killed = _kill_on_submit(roles.verifiers.group, "score_batch")
+        m3 = trainer.step(3)
+        assert killed and m3["faults/verifier_restarts"] == 1
+        assert m3["verify/dropped"] == 0 and m3["rollout/num_samples"] == PROMPTS * SAMPLES
+        _assert_ledger_exact(trainer)
+        roles.shutdown()
+        assert ray.is_initialized()
+
+
+COMMON = ["data.pool_size=16", "data.prompts_per_step=8", "data.heldout_size=32", "trainer.eval_every_steps=100",
+          "trainer.save_every_steps=2", "logger.progress_bar=false", "trainer.total_steps=5"]
+
+
+def test_killed_learner_rank_aborts_with_a_clear_message_then_resume_completes(tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rlpipe.train", f"trainer.output_dir={run_dir}", *COMMON]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while not (run_dir / "checkpoints" / "step_000002" / "manifest.json").exists():
+            assert proc.poll() is None and time.time() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.2)
+        pids = re.search(r"learner ranks \[(\d+), (\d+)\]", log_path.read_text())
+        assert pids, log_path.read_text()[-3000:]
+        os.kill(int(pids[2]), signal.SIGKILL)
+        killed_at = time.time()
+        rc = proc.wait(timeout=180)
+        took = time.time() - killed_at
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    out = log_path.read_text()
+    assert rc == 3, out[-3000:]
+    assert "learner worker 1 died" in out and "trainer.resume=auto" in out, out[-3000:]
+    assert took < 120, f"the run took {took:.0f} s to notice the dead rank"
+
+    resumed = subprocess.run([*cmd, "trainer.resume=auto"], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == 5 and summary["resumed_from_step"] >= 2
+    steps = [json.loads(line)["step"] for line in (run_dir / "ledger.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5], steps  # rows of the crashed run after its checkpoint were dropped, not doubled
