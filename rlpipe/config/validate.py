@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rlpipe.config.schema import Config
 
 
@@ -82,8 +84,24 @@ def validate(cfg: Config) -> None:
     rr = a.reference_reset
     if (rr.interval_steps or rr.kl_threshold or rr.plateau_evals) and a.kl_coef == 0:
         errors.append("algorithm.reference_reset needs a reference model: set algorithm.kl_coef > 0")
-    if cfg.data.task == "file" and not cfg.data.file:
-        errors.append("data.task=file needs data.file")
+    if d.task == "file":
+        from rlpipe.tasks.datasets import FORMATS, ON_BAD_ROW
+
+        if not d.file:
+            errors.append("data.task=file needs data.file")
+        elif not Path(d.file).exists():
+            errors.append(f"data.file={d.file} does not exist")
+        if d.heldout_file and not Path(d.heldout_file).exists():
+            errors.append(f"data.heldout_file={d.heldout_file} does not exist")
+        errors += _choice("data.format", d.format, sorted(FORMATS))
+        errors += _choice("data.on_bad_row", d.on_bad_row, list(ON_BAD_ROW))
+        if d.format in FORMATS:
+            kind = FORMATS[d.format].kind
+            if cfg.verifier.name != kind and ":" not in cfg.verifier.name:
+                errors.append(f"data.format={d.format} holds {kind} tasks: use verifier={kind} "
+                              f"(got verifier.name={cfg.verifier.name})")
+    elif d.task == "arithmetic" and cfg.verifier.name not in ("arithmetic",) and ":" not in cfg.verifier.name:
+        errors.append(f"the arithmetic task is scored by verifier.name=arithmetic (got {cfg.verifier.name})")
     if t.save_every_steps < 0:
         errors.append("trainer.save_every_steps must be >= 0")
     if t.keep_checkpoints < 1:

@@ -11,7 +11,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 
@@ -169,18 +169,24 @@ def training_pool(data: DataConfig, heldout_questions: set[str]) -> list[PromptI
     return stream.next_batch(data.pool_size)
 
 
-def build_prompts(data: DataConfig) -> tuple[PromptSource, list[PromptItem]]:
-    """(training prompt source, held-out items) for ``data``."""
-    if data.task != "arithmetic":
-        raise NotImplementedError(f"data.task={data.task!r} is not wired into training yet")
-    from rlpipe.tasks.arithmetic import heldout_set
+def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]] = None,
+                  quarantine: Optional[str] = None) -> tuple[PromptSource, list[PromptItem]]:
+    """(training prompt source, held-out items) for ``data``.
 
-    heldout = heldout_set(n=data.heldout_size, seed=data.seed + 1)
-    heldout_items = [arithmetic_item(p) for p in heldout]
-    questions = {p.question for p in heldout}
-    if data.pool_size == 0:
-        return ArithmeticStream(data.seed, questions), heldout_items
-    pool = training_pool(data, questions)
+    For data set files, ``prompt_length(text) -> tokens`` enables the prompt-length check at load time and
+    ``quarantine`` is where skipped rows are written (``data.quarantine_file`` overrides it).
+    """
+    if data.task == "file":
+        pool, heldout_items = file_prompts(data, prompt_length, quarantine)
+    else:
+        from rlpipe.tasks.arithmetic import heldout_set
+
+        heldout = heldout_set(n=data.heldout_size, seed=data.seed + 1)
+        heldout_items = [arithmetic_item(p) for p in heldout]
+        questions = {p.question for p in heldout}
+        if data.pool_size == 0:
+            return ArithmeticStream(data.seed, questions), heldout_items
+        pool = training_pool(data, questions)
     if data.pass_rate_table:
         meta, rates = read_pass_rates(data.pass_rate_table)
         missing = [p.uid for p in pool if p.uid not in rates]
@@ -194,6 +200,46 @@ def build_prompts(data: DataConfig) -> tuple[PromptSource, list[PromptItem]]:
     if data.sampler == "curriculum":
         return CurriculumPool(pool, data.seed, data.curriculum_ema), heldout_items
     return ShuffledPool(pool, data.seed), heldout_items
+
+
+def file_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]],
+                 quarantine: Optional[str]) -> tuple[list[PromptItem], list[PromptItem]]:
+    """(training pool, held-out items) from ``data.file``: the held-out items come from ``data.heldout_file``, or
+    are ``data.heldout_size`` rows split off the training file (a seeded shuffle; disjoint from the pool)."""
+    from rlpipe.tasks.datasets import load_examples
+
+    def load(path: str) -> list[PromptItem]:
+        examples, _ = load_examples(path, data.format, fields=dict(data.fields), on_bad_row=data.on_bad_row,
+                                    quarantine=data.quarantine_file or quarantine, split=data.split,
+                                    prompt_length=prompt_length, max_prompt_tokens=data.max_prompt_tokens)
+        return [PromptItem(e.uid, ({"role": "user", "content": e.prompt},), e.gold) for e in examples]
+
+    items = load(data.file)
+    if data.heldout_file:
+        heldout = load(data.heldout_file)[: data.heldout_size or None]
+        pool = items
+    else:
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(data.seed)).tolist()
+        if data.heldout_size >= len(items):
+            raise ValueError(f"data.heldout_size={data.heldout_size} leaves no training rows out of {len(items)}; "
+                             f"lower it or give data.heldout_file")
+        heldout = [items[i] for i in order[: data.heldout_size]]
+        pool = [items[i] for i in order[data.heldout_size:]]
+    if data.pool_size:
+        pool = pool[: data.pool_size]
+    log.info("data: %d training prompts, %d held out", len(pool), len(heldout))
+    return pool, heldout
+
+
+def chat_length(tokenizer) -> Callable[[str], int]:
+    """Prompt text -> its token count after the chat template (what the rollout engine will see)."""
+
+    def length(text: str) -> int:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=False)
+        return len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    return length
 
 
 def chat_tokenizer(model_path: str, max_prompt_tokens: int) -> tuple[Callable[[PromptItem], list[int]], Any]:

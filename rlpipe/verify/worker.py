@@ -10,22 +10,27 @@ from rlpipe.verify.types import Verdict, VerdictKind
 log = logging.getLogger(__name__)
 
 
+# Imported lazily: the code verifier needs the sandbox, the math verifier math-verify; neither is loaded unless used.
+BUILTIN_VERIFIERS = {
+    "arithmetic": "rlpipe.verify.arithmetic:ArithmeticVerifier",
+    "math": "rlpipe.verify.math:MathVerifier",
+    "code": "rlpipe.verify.code:CodeVerifier",
+}
+
+
 def build_verifier(name: str, **options: Any):
     """``verifier.name`` -> a verifier object (``score(completion, gold) -> Verdict``).
 
     A name of the form ``package.module:Class`` builds a user's own verifier class.
     """
+    from rlpipe.driver.groups import resolve
+
     if ":" in name:
-        from rlpipe.driver.groups import resolve
-
         return resolve(name)(**options)
-    if name == "arithmetic":
-        from rlpipe.verify.arithmetic import ArithmeticVerifier
-
-        return ArithmeticVerifier(**options)
-    from rlpipe.verify.registry import VERIFIERS
-
-    return VERIFIERS.get(name)(**options)
+    if name not in BUILTIN_VERIFIERS:
+        raise KeyError(f"unknown verifier {name!r}; valid names: {', '.join(sorted(BUILTIN_VERIFIERS))} "
+                       f"or 'package.module:Class'")
+    return resolve(BUILTIN_VERIFIERS[name])(**options)
 
 
 class VerifierWorker:
