@@ -9,11 +9,9 @@ the table measures the recipes end to end, warm-start shared (cached) between ru
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from runs import markdown_table, pct, run_job
 
 PRESETS = ["grpo", "dr_grpo", "dapo", "agapo", "rloo", "reinforce_pp", "gspo", "prorl"]
 
@@ -30,36 +28,23 @@ def main() -> None:
     rows = []
     for preset in args.presets.split(","):
         run_dir = Path(args.out_dir) / preset
-        start = time.time()
-        proc = subprocess.run(
-            [sys.executable, "-m", "rlpipe.train", f"algorithm={preset}", f"trainer.total_steps={args.steps}",
-             f"trainer.eval_every_steps={args.eval_every}", f"trainer.output_dir={run_dir}", "logger.progress_bar=false"],
-            capture_output=True, text=True)
-        wall = time.time() - start
-        if proc.returncode != 0:
-            rows.append((preset, None, None, None, wall, f"failed (exit {proc.returncode})"))
-            print(proc.stderr[-2000:], file=sys.stderr)
+        r = run_job([f"algorithm={preset}", f"trainer.total_steps={args.steps}",
+                     f"trainer.eval_every_steps={args.eval_every}"], run_dir)
+        if r.summary is None:
+            rows.append([preset, "-", "-", "-", f"{r.wall_s:.0f} s", r.error])
             continue
-        s = json.loads((run_dir / "summary.json").read_text())
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        rounds = [m["filter/rounds"] for m in metrics if "filter/rounds" in m]
+        s = r.summary
         resets = sum(1 for line in (run_dir / "events.jsonl").read_text().splitlines() if line.strip())
-        note = f"rounds/step {sum(rounds) / len(rounds):.2f}" + (f", {resets} reference resets" if resets else "")
-        rows.append((preset, s["eval_accuracy_initial"], s["eval_accuracy_final"], s["eval_accuracy_best"], wall, note))
-        print(f"{preset}: {s['eval_accuracy_initial']:.3f} -> {s['eval_accuracy_final']:.3f} in {wall:.0f} s", flush=True)
+        note = f"rounds/step {r.mean('filter/rounds'):.2f}" + (f", {resets} reference resets" if resets else "")
+        rows.append([preset, pct(s["eval_accuracy_initial"]), pct(s["eval_accuracy_final"]),
+                     pct(s["eval_accuracy_best"]), f"{r.wall_s:.0f} s", note])
+        print(f"{preset}: {s['eval_accuracy_initial']:.3f} -> {s['eval_accuracy_final']:.3f} in {r.wall_s:.0f} s",
+              flush=True)
 
-    header = "| preset | initial accuracy | final accuracy | best | wall time | notes |\n|---|---|---|---|---|---|"
-    lines = [header] + [
-        f"| {p} | {_pct(a)} | {_pct(b)} | {_pct(c)} | {w:.0f} s | {n} |" for p, a, b, c, w, n in rows
-    ]
-    table = "\n".join(lines)
+    table = markdown_table(["preset", "initial accuracy", "final accuracy", "best", "wall time", "notes"], rows)
     print(f"\n{args.steps} steps each, greedy accuracy on 256 held-out problems, same seed\n{table}")
     if args.out:
         Path(args.out).write_text(table + "\n")
-
-
-def _pct(x):
-    return "-" if x is None else f"{100 * x:.1f}%"
 
 
 if __name__ == "__main__":

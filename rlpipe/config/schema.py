@@ -142,8 +142,15 @@ class RolloutConfig:
 
 
 @dataclass
+class DeepSpeedConfig:
+    zero_stage: int = _help("ZeRO stage: 1 (optimizer state sharded) | 2 (+ gradients) | 3 (+ parameters).", 2)
+    offload_optimizer: bool = _help("Keep the optimizer state on CPU (DeepSpeed's CPU Adam; compiled at first use).",
+                                    False)
+
+
+@dataclass
 class LearnerConfig:
-    backend: str = _help("fsdp2 | deepspeed.", "fsdp2")
+    backend: str = _help("fsdp2 | deepspeed (settings under learner.deepspeed).", "fsdp2")
     num_workers: int = _help("Learner ranks: one torch.distributed group (gloo on CPU, NCCL on GPU).", 2)
     lr: float = _help("AdamW learning rate.", 1e-4)
     weight_decay: float = _help("AdamW weight decay.", 0.0)
@@ -151,6 +158,7 @@ class LearnerConfig:
     max_grad_norm: float = _help("Global gradient-norm clip (0 = off).", 1.0)
     updates_per_step: int = _help("Optimizer steps per RL step: the batch is split into this many mini-batches.", 1)
     micro_batch_samples: int = _help("Samples per forward/backward on one rank (gradient accumulation unit).", 64)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 
 @dataclass

@@ -35,6 +35,8 @@ def validate(cfg: Config) -> None:
     errors += _choice("algorithm.kl_in", a.kl_in, ["loss", "reward"])
     errors += _choice("rollout.engine", r.engine, ["vllm", "hf"])
     errors += _choice("learner.backend", lr.backend, ["fsdp2", "deepspeed"])
+    if lr.deepspeed.zero_stage not in (1, 2, 3):
+        errors.append(f"learner.deepspeed.zero_stage must be 1, 2 or 3 (got {lr.deepspeed.zero_stage})")
     errors += _choice("cluster.mode", c.mode, ["ray", "local"])
     errors += _choice("cluster.placement", c.placement, ["colocated", "split"])
     errors += _choice("cluster.learner_placement_strategy", c.learner_placement_strategy,

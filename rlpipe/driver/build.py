@@ -58,7 +58,32 @@ def sampling_settings(cfg: Config) -> SamplingSettings:
     return SamplingSettings(temperature=r.temperature, top_p=r.top_p, max_response_tokens=r.max_response_tokens)
 
 
+def check_cluster_resources(cfg: Config) -> None:
+    """Fail at once, with the numbers, when the Ray cluster is too small for the roles (instead of waiting for a
+    placement group that can never be placed until cluster.call_timeout_s runs out)."""
+    import ray
+
+    have = ray.cluster_resources()
+    need_cpus = actors_needed(cfg)
+    problems = []
+    if have.get("CPU", 0) < need_cpus:
+        problems.append(f"{need_cpus} logical CPUs (one per rollout engine, verifier and learner rank: "
+                        f"{cfg.rollout.num_engines} + {cfg.verifier.num_workers} + {cfg.learner.num_workers}), "
+                        f"the cluster has {have.get('CPU', 0):g}")
+    if have.get("GPU", 0) > 0:
+        share = cluster.COLOCATED_GPU_SHARE if cfg.cluster.placement == "colocated" else 1.0
+        need_gpus = share * (cfg.learner.num_workers + cfg.rollout.num_engines)
+        if have["GPU"] < need_gpus:
+            problems.append(f"{need_gpus:g} GPUs (learner ranks + rollout engines, cluster.placement="
+                            f"{cfg.cluster.placement}), the cluster has {have['GPU']:g}")
+    if problems:
+        raise RuntimeError("the Ray cluster is too small for this run: it needs " + "; and ".join(problems) +
+                           ". Start Ray with more logical CPUs (ray start --num-cpus=N) or run fewer workers.")
+
+
 def build_roles(cfg: Config, model_path: str, max_model_len: int) -> Roles:
+    if cfg.cluster.mode == "ray":
+        check_cluster_resources(cfg)
     # Learner ranks first: their placement group is the scarcest resource.
     learner = build_learner(cfg, model_path)
     roles = Roles(build_rollout(cfg, model_path, max_model_len), build_verifiers(cfg), learner)
@@ -93,6 +118,9 @@ def build_learner(cfg: Config, model_path: str) -> LearnerGroup:
         seed=cfg.trainer.seed,
         dtype=cfg.model.dtype,
         dist_timeout_s=timeout,
+        backend_options=(dict(zero_stage=cfg.learner.deepspeed.zero_stage,
+                              offload_optimizer=cfg.learner.deepspeed.offload_optimizer)
+                         if cfg.learner.backend == "deepspeed" else {}),
     )
     group.construct("rlpipe.learner.worker:LearnerWorker", [dict(common, rank=i) for i in range(n)])
     return LearnerGroup(group, cfg.learner.updates_per_step)

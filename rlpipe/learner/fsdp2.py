@@ -20,6 +20,15 @@ def shard_model(module: torch.nn.Module, device_type: str) -> torch.nn.Module:
     return module
 
 
+def reshard(module: torch.nn.Module) -> None:
+    """Free unsharded parameters FSDP2 may keep after a forward (so state dicts and copies see shards)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 class FSDP2Backend:
     def __init__(
         self,
@@ -53,6 +62,16 @@ class FSDP2Backend:
     def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
         state = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if dist.get_rank() == 0 else None
+
+    @torch.no_grad()
+    def copy_policy_into(self, reference: torch.nn.Module) -> None:
+        """reference ← current policy, shard by shard (the reference is sharded the same way)."""
+        # After a forward pass FSDP2 may leave the root's parameters unsharded (plain tensors): reshard both models
+        # so parameters pair up shard by shard.
+        reshard(self.module)
+        reshard(reference)
+        for ref_param, param in zip(reference.parameters(), self.module.parameters()):
+            ref_param.copy_(param.detach())
 
     def save_checkpoint(self, path: str) -> None:
         """Collective: every rank writes its shards of the policy and the optimizer state (torch DCP format)."""

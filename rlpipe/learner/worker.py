@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from rlpipe.learner.batch import TrainBatch, num_micro_batches, split_even
+from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
 
 
@@ -69,6 +70,7 @@ class LearnerWorker:
         self.objective = objective
         self.micro_batch_samples = micro_batch_samples
         torch_dtype = getattr(torch, dtype)
+        self.dtype = dtype
 
         def load() -> torch.nn.Module:
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device)
@@ -77,21 +79,16 @@ class LearnerWorker:
         self.reference = self._build_reference(backend, load()) if with_reference else None
 
     def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
+        common = dict(device_type=self.device.type, lr=optimizer.lr, betas=tuple(optimizer.betas),
+                      weight_decay=optimizer.weight_decay, max_grad_norm=optimizer.max_grad_norm)
         if name == "fsdp2":
             from rlpipe.learner.fsdp2 import FSDP2Backend
 
-            return FSDP2Backend(
-                module,
-                device_type=self.device.type,
-                lr=optimizer.lr,
-                betas=tuple(optimizer.betas),
-                weight_decay=optimizer.weight_decay,
-                max_grad_norm=optimizer.max_grad_norm,
-            )
+            return FSDP2Backend(module, **common)
         if name == "deepspeed":
             from rlpipe.learner.deepspeed_backend import DeepSpeedBackend
 
-            return DeepSpeedBackend(module, optimizer=optimizer, **options)
+            return DeepSpeedBackend(module, **common, dtype=self.dtype, **options)
         raise ValueError(f"unknown learner.backend {name!r}; valid: fsdp2, deepspeed")
 
     def _build_reference(self, name: str, module) -> torch.nn.Module:
@@ -136,7 +133,16 @@ class LearnerWorker:
             step_metrics["actor/grad_norm"] = self.backend.step()
             for k, v in step_metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / len(minibatches)
+        totals["perf/learner_peak_mem_gib"] = self.peak_memory_gib()
         return totals
+
+    def peak_memory_gib(self) -> float:
+        """Peak device memory on GPU; on CPU the process's peak resident set (weights, optimizer, activations)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
     def export_weights(self) -> Optional[dict[str, torch.Tensor]]:
         """Collective. Full CPU weights on rank 0 (tied ``lm_head.weight`` included explicitly), None elsewhere."""
@@ -169,7 +175,7 @@ class LearnerWorker:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-            _reshard(self.reference)
+            reshard(self.reference)
             dcp.save({"model": get_model_state_dict(self.reference)}, checkpoint_id=f"{path}/reference")
 
     def load_checkpoint(self, path: str) -> None:
@@ -178,7 +184,7 @@ class LearnerWorker:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
-            _reshard(self.reference)
+            reshard(self.reference)
             state = {"model": get_model_state_dict(self.reference)}
             dcp.load(state, checkpoint_id=f"{path}/reference")
             set_model_state_dict(self.reference, state["model"])
@@ -188,12 +194,7 @@ class LearnerWorker:
         """ProRL-style reset: reference ← current policy (shard by shard); optionally clear the optimizer state."""
         if self.reference is None:
             raise RuntimeError("reset_reference called but this learner has no reference model (kl_coef == 0)")
-        # After a forward pass FSDP2 may leave the root's parameters unsharded (plain tensors): reshard both models
-        # so parameters pair up shard by shard.
-        _reshard(self.backend.module)
-        _reshard(self.reference)
-        for ref_param, param in zip(self.reference.parameters(), self.backend.module.parameters()):
-            ref_param.copy_(param.detach())
+        self.backend.copy_policy_into(self.reference)
         if reset_optimizer:
             self.backend.reset_optimizer()
         return {"optimizer_state_tensors": float(self.backend.optimizer_state_size())}
@@ -208,13 +209,7 @@ class LearnerWorker:
             return ""
 
     def shutdown(self) -> None:
+        if hasattr(self.backend, "shutdown"):
+            self.backend.shutdown()
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _reshard(module: torch.nn.Module) -> None:
-    from torch.distributed.fsdp import FSDPModule
-
-    for m in module.modules():
-        if isinstance(m, FSDPModule):
-            m.reshard()

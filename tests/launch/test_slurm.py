@@ -24,7 +24,7 @@ def test_sbatch_runs_a_short_job_to_completion(tmp_path):
         env = dict(slurm.env, RLPIPE_PYTHON=sys.executable, RAY=str(Path(sys.executable).with_name("ray")),
                    RLPIPE_HEAD_IP="127.0.0.1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
                    RLPIPE_RAY_PORT=str(free_port()), RLPIPE_DASHBOARD_PORT=str(free_port()),
-                   RLPIPE_AGENT_PORT=str(free_port()))
+                   RLPIPE_AGENT_PORT=str(free_port()), RLPIPE_RAY_CPUS="4")
         env.pop("RAY_ADDRESS", None)
         proc = subprocess.run(
             ["sbatch", "--wait", "--nodes=1", f"--output={tmp_path}/slurm-%j.log", "launch/slurm/rlpipe.sbatch",

@@ -1,5 +1,6 @@
 """After a weight push, vLLM's sampled-token logprobs equal the learner's logprobs of the same sequences (fp32), and
-before the push they differ. Real vLLM (CPU build), real FSDP2 learner (gloo, one rank), tiny Qwen2 model."""
+before the push they differ. Real vLLM (CPU build), real FSDP2 and DeepSpeed ZeRO-3 learners (gloo, one rank; ZeRO-3
+gathers its partitioned parameters for the export), tiny Qwen2 model."""
 
 from __future__ import annotations
 
@@ -32,13 +33,16 @@ def _max_diff(engine, learner, requests, pad_id) -> float:
     return float(((learner_logprobs - batch.rollout_logprobs).abs() * batch.response_mask).max())
 
 
-def test_vllm_logprobs_match_learner_after_push(micro_model_dir):
+@pytest.mark.parametrize("backend,options", [("fsdp2", {}), ("deepspeed", {"zero_stage": 3})],
+                         ids=["fsdp2", "deepspeed-zero3"])
+def test_vllm_logprobs_match_learner_after_push(micro_model_dir, backend, options):
     from rlpipe.rollout.vllm_engine import VLLMEngine
 
     learner = LearnerWorker(
         rank=0, world_size=1, master_addr="127.0.0.1", master_port=_port(), model_path=str(micro_model_dir),
-        backend="fsdp2", optimizer=OptimizerSettings(lr=5e-2, max_grad_norm=0.0),
+        backend=backend, optimizer=OptimizerSettings(lr=5e-2, max_grad_norm=0.0),
         objective=ObjectiveSettings(temperature=TEMPERATURE), micro_batch_samples=64, with_reference=False, seed=0,
+        backend_options=options,
     )
     engine = VLLMEngine(str(micro_model_dir), seed=0, max_model_len=128, kv_cache_bytes=64 << 20)
     tok = engine.tokenizer
