@@ -41,6 +41,27 @@ class TinyModelConfig:
 
 
 @dataclass
+class ScoreHeadConfig:
+    enabled: bool = _help("Train XBai o4's self-supervised process reward head (SPRM) next to the policy.", False)
+    layer: int = _help("Backbone layer whose hidden states the head reads (index into hidden_states; -2 = the "
+                       "second-to-last, as the paper).", -2)
+    delimiters: list[str] = _help("Step delimiters, each one token of the model's tokenizer; the token before the "
+                                  "first delimiter of a run ends a step. The tiny model writes steps ending '.\\n\\n'"
+                                  " and tokenizes '\\n\\n' alone; Qwen tokenizers have '.\\n\\n' as one token.",
+                                  default_factory=lambda: ["\n\n"])
+    think_tokens: list[str] = _help("[<think>, </think>] if the model thinks in tags: only the thinking span is "
+                                    "scored. Empty: the whole response.", default_factory=list)
+    lr: float = _help("The head's own AdamW learning rate (the paper: 1e-5).", 1e-5)
+    grad_scale: float = _help("Scale of the head's gradient into the backbone (forward unchanged; the paper: 1e-4).",
+                              1e-4)
+    positive_weight: float = _help("Extra weight of positive steps in the class-balanced loss (the paper's code: "
+                                   "1.5).", 1.0)
+    coef: float = _help("Weight of the head's loss next to the policy loss.", 1.0)
+    exclude_format_failures: bool = _help("Leave samples whose answer could not be extracted out of the head's loss "
+                                          "(their outcome label says nothing about their steps).", True)
+
+
+@dataclass
 class ModelConfig:
     path: Optional[str] = _help(
         "A Hugging Face model directory (config + tokenizer + weights). Empty: build the tiny offline model and "
@@ -50,6 +71,7 @@ class ModelConfig:
     dtype: str = _help("float32 | bfloat16 for learner and rollout. float32 keeps vLLM and learner logprobs equal.",
                        "float32")
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    score_head: ScoreHeadConfig = field(default_factory=ScoreHeadConfig)
 
 
 @dataclass
@@ -229,6 +251,18 @@ class PrepassConfig:
 
 
 @dataclass
+class EvalConfig:
+    samples_per_prompt: int = _help("`python -m rlpipe.eval`: candidates sampled per held-out prompt.", 32)
+    pass_k: list[int] = _help("k of the unbiased pass@k estimates.", default_factory=lambda: [1, 8])
+    maj_k: list[int] = _help("k of majority voting (maj@k, groups of k candidates).", default_factory=lambda: [8])
+    best_of: list[int] = _help("N of best-of-N by the score head (groups of N candidates; XBai o4: 2/8/32).",
+                               default_factory=lambda: [2, 8, 32])
+    budgets: list[int] = _help("Generation budgets (max response tokens) for accuracy against budget; empty: "
+                               "rollout.max_response_tokens only.", default_factory=list)
+    output_dir: str = _help("Where `python -m rlpipe.eval` writes eval.json and eval.png.", "outputs/eval")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -240,6 +274,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     prepass: PrepassConfig = field(default_factory=PrepassConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 def register_configs() -> None:

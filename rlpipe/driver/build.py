@@ -93,7 +93,9 @@ def build_roles(cfg: Config, model_path: str, max_model_len: int) -> Roles:
     return roles
 
 
-def build_learner(cfg: Config, model_path: str) -> LearnerGroup:
+def build_learner(cfg: Config, model_path: str, score_head=None) -> LearnerGroup:
+    """The learner ranks. ``score_head`` (ScoreHeadSettings) overrides model.score_head (the evaluator passes the
+    settings a trained head was saved with)."""
     mode, timeout = cfg.cluster.mode, cfg.cluster.call_timeout_s
     n = cfg.learner.num_workers
     options = (cluster.learner_actor_options(n, cfg.cluster.learner_placement_strategy, timeout, cfg.cluster.placement)
@@ -118,12 +120,40 @@ def build_learner(cfg: Config, model_path: str) -> LearnerGroup:
         seed=cfg.trainer.seed,
         dtype=cfg.model.dtype,
         dist_timeout_s=timeout,
+        score_head=score_head if score_head is not None else score_head_settings(cfg, model_path),
         backend_options=(dict(zero_stage=cfg.learner.deepspeed.zero_stage,
                               offload_optimizer=cfg.learner.deepspeed.offload_optimizer)
                          if cfg.learner.backend == "deepspeed" else {}),
     )
     group.construct("rlpipe.learner.worker:LearnerWorker", [dict(common, rank=i) for i in range(n)])
     return LearnerGroup(group, cfg.learner.updates_per_step)
+
+
+def score_head_settings(cfg: Config, model_path: str):
+    """The SPRM head's settings with its delimiter / think strings resolved to token ids, or None when it is off."""
+    h = cfg.model.score_head
+    if not h.enabled:
+        return None
+    from transformers import AutoTokenizer
+
+    from rlpipe.learner.score_head import ScoreHeadSettings
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+
+    def single_token(text: str, what: str) -> int:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"model.score_head.{what} {text!r} is {len(ids)} tokens in {model_path}'s tokenizer "
+                             f"({ids}); each must be exactly one token")
+        return ids[0]
+
+    think = [single_token(t, "think_tokens") for t in h.think_tokens]
+    if think and len(think) != 2:
+        raise ValueError("model.score_head.think_tokens must be [<think>, </think>] or empty")
+    return ScoreHeadSettings(
+        delimiter_ids=tuple(single_token(d, "delimiters") for d in h.delimiters),
+        think_start_id=think[0] if think else None, think_end_id=think[1] if think else None,
+        layer=h.layer, lr=h.lr, grad_scale=h.grad_scale, positive_weight=h.positive_weight, coef=h.coef)
 
 
 def build_rollout(cfg: Config, model_path: str, max_model_len: int) -> RolloutPool:
@@ -195,6 +225,7 @@ def step_settings(cfg: Config) -> StepSettings:
         overlong_penalty=a.overlong_penalty,
         mask_truncated=a.mask_truncated,
         colocated=cfg.cluster.placement == "colocated",
+        sprm_exclude_format_failures=cfg.model.score_head.exclude_format_failures,
     )
 
 

@@ -18,6 +18,7 @@ import torch
 
 from rlpipe.algos.advantages import compute_advantages
 from rlpipe.algos.kl import kl_estimate, kl_in_reward
+from rlpipe.algos.metrics import auroc
 from rlpipe.algos.shaping import overlong_penalty, zero_variance_group_mask
 from rlpipe.driver.pools import LearnerGroup, RolloutPool, VerifierPool
 from rlpipe.driver.prompts import PromptItem, PromptSource
@@ -61,6 +62,7 @@ class StepSettings:
     overlong_penalty: float = 1.0
     mask_truncated: bool = False
     colocated: bool = False  # rollout engines share devices with the learner: they sleep during its phases
+    sprm_exclude_format_failures: bool = True
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Rollouts:
     rewards: torch.Tensor  # [N]
     correct: torch.Tensor  # [N] bool
     group_index: torch.Tensor  # [N] long
+    parse_failed: torch.Tensor  # [N] bool: no answer could be extracted (a format failure)
 
     def select_groups(self, groups: Sequence[int]) -> "Rollouts":
         keep = torch.isin(self.group_index, torch.tensor(list(groups), dtype=torch.long))
@@ -81,7 +84,7 @@ class Rollouts:
         return Rollouts(
             [self.prompts[g] for g in groups], [self.requests[g] for g in groups],
             [self.completions[i] for i in idx], self.rewards[keep], self.correct[keep],
-            torch.tensor([remap[int(g)] for g in self.group_index[keep]], dtype=torch.long),
+            torch.tensor([remap[int(g)] for g in self.group_index[keep]], dtype=torch.long), self.parse_failed[keep],
         )
 
     @staticmethod
@@ -95,6 +98,7 @@ class Rollouts:
             [x for p in parts for x in p.completions],
             torch.cat([p.rewards for p in parts]), torch.cat([p.correct for p in parts]),
             torch.cat([p.group_index + o for p, o in zip(parts, offsets)]),
+            torch.cat([p.parse_failed for p in parts]),
         )
 
 
@@ -134,6 +138,8 @@ class Trainer:
             logprobs = self.learner.compute_logprobs(batch)
             batch.old_logprobs = logprobs["old_logprobs"]
             batch.ref_logprobs = logprobs.get("ref_logprobs")
+        if "sprm_scores" in logprobs:  # the head scored these rollouts before training on them: a fair AUROC
+            m["sprm/auroc"] = auroc(logprobs["sprm_scores"], rollouts.correct)
         with timed(m, "advantages"):
             rewards = rollouts.rewards
             if self.s.kl_in_reward and batch.ref_logprobs is not None:
@@ -222,8 +228,9 @@ class Trainer:
                 lengths, self.s.sampling.max_response_tokens, self.s.overlong_buffer_tokens)
         correct = torch.tensor([v.kind == VerdictKind.CORRECT for _, v in pairs], dtype=torch.bool)
         group_index = torch.tensor([by_uid[x.request_id] for x in kept], dtype=torch.long)
+        parse_failed = torch.tensor([v.kind == VerdictKind.PARSE_FAIL for _, v in pairs], dtype=torch.bool)
         self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})
-        return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index)
+        return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index, parse_failed)
 
     def to_batch(self, rollouts: Rollouts) -> TrainBatch:
         batch = build_batch(
@@ -235,6 +242,10 @@ class Trainer:
         if self.s.mask_truncated:  # DAPO overlong filtering: cut-off responses teach nothing about the answer
             truncated = torch.tensor([c.finish_reason == "length" for c in rollouts.completions])
             batch.response_mask[truncated] = False
+        # Score-head labels: the outcome; format failures say nothing about the steps, so they can be left out.
+        batch.sprm_labels = rollouts.correct.float()
+        if self.s.sprm_exclude_format_failures:
+            batch.sprm_labels[rollouts.parse_failed] = -1.0
         return batch
 
     def maybe_reset_reference(self, step: int, metrics: dict[str, float]) -> Optional[dict[str, Any]]:

@@ -29,6 +29,7 @@ class TrainBatch:
     advantages: Optional[torch.Tensor] = None  # [N]
     old_logprobs: Optional[torch.Tensor] = None  # [N, T]
     ref_logprobs: Optional[torch.Tensor] = None  # [N, T]
+    sprm_labels: Optional[torch.Tensor] = None  # [N] score-head labels: 1 correct, 0 wrong, -1 excluded
 
     @property
     def num_samples(self) -> int:

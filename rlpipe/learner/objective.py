@@ -10,7 +10,7 @@ summed over a rank's micro-batches and averaged over ranks they are the mini-bat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -62,16 +62,21 @@ class GlobalCounts:
         )
 
 
-def forward_logprobs(
-    model: torch.nn.Module, batch: TrainBatch, temperature: float, with_entropy: bool = False
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Logprobs of the response tokens under ``softmax(logits / temperature)``.
+class Forward(NamedTuple):
+    logprobs: torch.Tensor  # [N, T], 0 where response_mask is False
+    entropy: Optional[torch.Tensor]  # [N, T] or None
+    hidden: Optional[torch.Tensor]  # [N, P+T, H] hidden states of the requested layer, or None
 
-    Returns:
-        logprobs [N, T] (0 where response_mask is False), entropy [N, T] or None.
-    """
+
+def forward_logprobs(
+    model: torch.nn.Module, batch: TrainBatch, temperature: float, with_entropy: bool = False,
+    hidden_layer: Optional[int] = None,
+) -> Forward:
+    """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy
+    and the hidden states of layer ``hidden_layer`` (index into ``hidden_states``: -2 is the second-to-last)."""
     p = batch.prompt_len
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                output_hidden_states=hidden_layer is not None)
     logits = out.logits[:, p - 1 : -1].float()  # [N, T, V]: position p-1+t predicts input_ids[:, p+t]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
@@ -80,7 +85,8 @@ def forward_logprobs(
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     logprobs = logprobs.masked_fill(~batch.response_mask, 0.0)
     entropy = entropy_from_logits(logits) if with_entropy else None
-    return logprobs, entropy
+    hidden = out.hidden_states[hidden_layer] if hidden_layer is not None else None
+    return Forward(logprobs, entropy, hidden)
 
 
 def _token_weighted_mean(values: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Optional
@@ -18,6 +19,7 @@ import torch.distributed as dist
 from rlpipe.learner.batch import TrainBatch, num_micro_batches, split_even
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
+from rlpipe.learner.score_head import ScoreHeadSettings, ScoreHeadTrainer
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class LearnerWorker:
         dtype: str = "float32",
         backend_options: Optional[dict] = None,
         dist_timeout_s: float = 600.0,
+        score_head: Optional[ScoreHeadSettings] = None,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -75,8 +78,12 @@ class LearnerWorker:
         def load() -> torch.nn.Module:
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device)
 
-        self.backend = self._build_backend(backend, load(), optimizer, backend_options or {})
+        policy = load()
+        hidden_size = policy.config.hidden_size
+        self.backend = self._build_backend(backend, policy, optimizer, backend_options or {})
         self.reference = self._build_reference(backend, load()) if with_reference else None
+        # XBai o4's score head (SPRM), trained next to the policy from the policy's own forward pass.
+        self.score_head = ScoreHeadTrainer(hidden_size, score_head, self.device, seed) if score_head else None
 
     def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
         common = dict(device_type=self.device.type, lr=optimizer.lr, betas=tuple(optimizer.betas),
@@ -104,16 +111,27 @@ class LearnerWorker:
 
     @torch.no_grad()
     def compute_logprobs(self, shard: TrainBatch) -> dict[str, torch.Tensor]:
-        """Old (current policy) and reference logprobs of this rank's shard, [n, T] each."""
+        """Old (current policy) and reference logprobs of this rank's shard, [n, T] each; with a score head also its
+        trajectory scores [n] ("sprm_scores"), from the same forward pass."""
         shard = shard.to(self.device)
         num_micro = num_micro_batches(shard.num_samples, self.micro_batch_samples)
         self.backend.module.eval()
-        out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "ref_logprobs": []}
+        out: dict[str, list[torch.Tensor]] = {"old_logprobs": [], "ref_logprobs": [], "sprm_scores": []}
+        layer = self.score_head.s.layer if self.score_head else None
+        head_seconds = 0.0
         for micro in split_even(shard, num_micro):
-            out["old_logprobs"].append(forward_logprobs(self.backend.module, micro, self.objective.temperature)[0])
+            fwd = forward_logprobs(self.backend.module, micro, self.objective.temperature, hidden_layer=layer)
+            out["old_logprobs"].append(fwd.logprobs)
+            if self.score_head is not None:
+                start = time.perf_counter()
+                out["sprm_scores"].append(self.score_head.scores(fwd.hidden, micro))
+                head_seconds += time.perf_counter() - start
             if self.reference is not None:
-                out["ref_logprobs"].append(forward_logprobs(self.reference, micro, self.objective.temperature)[0])
-        return {k: torch.cat(v).cpu() for k, v in out.items() if v}
+                out["ref_logprobs"].append(forward_logprobs(self.reference, micro, self.objective.temperature).logprobs)
+        result = {k: torch.cat(v).cpu() for k, v in out.items() if v}
+        if self.score_head is not None:  # what the head adds on top of the forward pass (evaluation reports it)
+            result["sprm_head_seconds"] = torch.tensor([head_seconds])
+        return result
 
     def update(self, minibatches: list[tuple[TrainBatch, GlobalCounts]]) -> dict[str, float]:
         """One optimizer step per mini-batch (this rank's shard of it); metrics averaged over mini-batches."""
@@ -125,12 +143,20 @@ class LearnerWorker:
             micros = split_even(shard, num_micro_batches(shard.num_samples, self.micro_batch_samples))
             step_metrics: dict[str, float] = {}
             for i, micro in enumerate(micros):
-                logprobs, entropy = forward_logprobs(module, micro, self.objective.temperature, with_entropy=True)
-                loss, metrics = policy_objective(logprobs, entropy, micro, counts, self.objective)
+                fwd = forward_logprobs(module, micro, self.objective.temperature, with_entropy=True,
+                                       hidden_layer=self.score_head.s.layer if self.score_head else None)
+                loss, metrics = policy_objective(fwd.logprobs, fwd.entropy, micro, counts, self.objective)
+                if self.score_head is not None:
+                    # Its own loss is a mean over this micro-batch's kept steps: micro-batches weigh equally.
+                    head_loss, head_metrics = self.score_head.loss(fwd.hidden, micro)
+                    loss = loss + head_loss / len(micros)
+                    metrics.update({k: v / len(micros) for k, v in head_metrics.items()})
                 self.backend.backward(loss, is_last_micro_batch=i == len(micros) - 1)
                 for k, v in metrics.items():
                     step_metrics[k] = step_metrics.get(k, 0.0) + float(v)
             step_metrics["actor/grad_norm"] = self.backend.step()
+            if self.score_head is not None:
+                self.score_head.step()
             for k, v in step_metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / len(minibatches)
         totals["perf/learner_peak_mem_gib"] = self.peak_memory_gib()
@@ -167,10 +193,24 @@ class LearnerWorker:
         model.tie_weights()
         model.save_pretrained(path)
         AutoTokenizer.from_pretrained(source_model_path).save_pretrained(path)
+        if self.score_head is not None:  # beside the HF weights: the head and how to apply it
+            import json
+            from dataclasses import asdict
+
+            torch.save(self.score_head.head.state_dict(), f"{path}/score_head.pt")
+            with open(f"{path}/score_head.json", "w") as f:
+                json.dump(asdict(self.score_head.s), f, indent=2)
+
+    def load_score_head(self, path: str) -> None:
+        """Head weights saved beside exported HF weights (``score_head.pt``)."""
+        self.score_head.head.load_state_dict(torch.load(path, map_location=self.device))
 
     def save_checkpoint(self, path: str) -> None:
-        """Collective: ``path/policy`` (weights + optimizer, backend format) and ``path/reference``."""
+        """Collective: ``path/policy`` (weights + optimizer, backend format), ``path/reference``, and the score head
+        with its optimizer (``path/score_head.pt``, written by rank 0: it is the same on every rank)."""
         self.backend.save_checkpoint(f"{path}/policy")
+        if self.score_head is not None and self.rank == 0:
+            torch.save(self.score_head.state_dict(), f"{path}/score_head.pt")
         if self.reference is not None:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_model_state_dict
@@ -180,6 +220,8 @@ class LearnerWorker:
 
     def load_checkpoint(self, path: str) -> None:
         self.backend.load_checkpoint(f"{path}/policy")
+        if self.score_head is not None:
+            self.score_head.load_state_dict(torch.load(f"{path}/score_head.pt", map_location=self.device))
         if self.reference is not None:
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict

@@ -1,0 +1,194 @@
+"""``python -m rlpipe.eval [hydra overrides]``: test-time scaling of a trained policy on the held-out set.
+
+Samples ``eval.samples_per_prompt`` candidates per held-out prompt through the rollout workers, scores them with the
+verifiers, and reports pass@k (unbiased), maj@k, best-of-N by the policy's score head (XBai o4's SPRM, if the model
+directory has ``score_head.pt``), the head's AUROC for correctness, and accuracy against the generation budget.
+Writes ``eval.json`` and ``eval.png`` to ``eval.output_dir`` and prints a table.
+
+    python -m rlpipe.eval model.path=outputs/run/final_model eval.samples_per_prompt=32 'eval.budgets=[16,32,64]'
+"""
+
+from __future__ import annotations
+
+import os
+
+for _k, _v in {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_k, _v)
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Optional  # noqa: E402
+
+import hydra  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from rlpipe.config.schema import Config, register_configs  # noqa: E402
+from rlpipe.verify.types import Verdict, VerdictKind  # noqa: E402
+
+log = logging.getLogger("rlpipe")
+register_configs()
+
+
+def saved_score_head(model_path: str):
+    """(ScoreHeadSettings, weights path) saved beside a model by training with model.score_head.enabled, or None."""
+    settings_file = Path(model_path) / "score_head.json"
+    if not settings_file.exists():
+        return None
+    from rlpipe.learner.score_head import ScoreHeadSettings
+
+    raw = json.loads(settings_file.read_text())
+    raw["delimiter_ids"] = tuple(raw["delimiter_ids"])
+    return ScoreHeadSettings(**raw), str(Path(model_path) / "score_head.pt")
+
+
+def evaluate(cfg: Config) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k
+    from rlpipe.driver import build, cluster
+    from rlpipe.driver.prompts import build_prompts, chat_length, chat_tokenizer
+    from rlpipe.learner.batch import build_batch
+    from rlpipe.rollout.types import GenerationRequest
+
+    e = cfg.eval
+    start = time.time()
+    model_path = build.model_dir(cfg)
+    tokenize, tokenizer = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
+    _, heldout = build_prompts(cfg.data, chat_length(tokenizer))
+    budgets = sorted(set(e.budgets)) or [cfg.rollout.max_response_tokens]
+    max_tokens = max(budgets)
+    n = e.samples_per_prompt
+    head = saved_score_head(model_path)
+    # One learner rank, no reference: it only scores candidates with the head.
+    cfg.learner.num_workers, cfg.algorithm.kl_coef = 1, 0.0
+    session = (cluster.ray_session(cfg.cluster.address, build.actors_needed(cfg))
+               if cfg.cluster.mode == "ray" else nullcontext())
+    with session:
+        # The learner first: in local mode an in-process vLLM engine joins the process group the learner creates.
+        learner = build.build_learner(cfg, model_path, score_head=head[0]) if head is not None else None
+        rollout = build.build_rollout(cfg, model_path, cfg.data.max_prompt_tokens + max_tokens)
+        verifiers = build.build_verifiers(cfg)
+        requests = [GenerationRequest(p.uid, tuple(tokenize(p)), n, 10_000 + i) for i, p in enumerate(heldout)]
+        gen_start = time.time()
+        # Per-request seeds: a smaller budget would have produced a prefix of the same sample, so one generation at
+        # the largest budget serves every budget (a sample longer than a budget counts as unfinished there).
+        completions = rollout.generate(requests, replace(build.sampling_settings(cfg), max_response_tokens=max_tokens))
+        gen_seconds = time.time() - gen_start
+        gold = {p.uid: p.gold for p in heldout}
+        verdicts, counts = verifiers.score([(c.text, gold[c.request_id]) for c in completions])
+        scores, head_seconds = None, None
+        if learner is not None:
+            learner.group.call("load_score_head", [(head[1],)])
+            prompt_ids = {r.request_id: list(r.prompt_ids) for r in requests}
+            batch = build_batch([prompt_ids[c.request_id] for c in completions], [c.response_ids for c in completions],
+                                [c.logprobs for c in completions], tokenizer.pad_token_id)
+            out = learner.compute_logprobs(batch)
+            scores, head_seconds = out["sprm_scores"], float(out["sprm_head_seconds"].sum())
+        for group in (rollout.group, verifiers.group, *([learner.group] if learner else [])):
+            group.shutdown()  # rollout before learner: a local engine uses the learner's process group
+
+    q = len(heldout)
+    correct = torch.tensor([v is not None and v.kind == VerdictKind.CORRECT for v in verdicts]).view(q, n)
+    lengths = torch.tensor([len(c.response_ids) for c in completions]).view(q, n)
+    answers = [[_answer(v) for v in verdicts[i * n:(i + 1) * n]] for i in range(q)]
+    result: dict[str, Any] = {
+        "model_path": model_path, "prompts": q, "samples_per_prompt": n, "temperature": cfg.rollout.temperature,
+        "unscored_samples": counts["dropped"], "generate_seconds": round(gen_seconds, 1),
+        "pass@k": {k: _mean(pass_at_k(n, int(c), k) for c in correct.sum(1)) for k in e.pass_k if k <= n},
+        "maj@k": {k: majority_at_k(answers, correct, k) for k in e.maj_k if k <= n},
+        # A sample needing more tokens than the budget would have been cut off there: correct only if it fits.
+        "accuracy_by_budget": {b: float((correct & (lengths <= b)).float().mean()) for b in budgets},
+    }
+    if scores is not None:
+        s = scores.view(q, n)
+        result["best_of_n_by_head"] = {k: best_of_n(s, correct, k) for k in e.best_of if k <= n}
+        result["head_auroc"] = auroc(scores, correct.flatten())
+        result["head_ms_per_candidate"] = 1000 * head_seconds / len(completions)
+    result["wall_seconds"] = round(time.time() - start, 1)
+    out_dir = Path(e.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
+    _plot(result, out_dir / "eval.png")
+    print(format_table(result), flush=True)
+    print(f"outputs: {out_dir.resolve()}/ (eval.json, eval.png)")
+    return result
+
+
+def _answer(verdict: Optional[Verdict]) -> Optional[str]:
+    """The extracted answer a majority vote counts (None: no answer, never wins)."""
+    if verdict is None or verdict.kind == VerdictKind.PARSE_FAIL:
+        return None
+    value = verdict.details.get("parsed", verdict.details.get("extracted"))
+    return None if value is None else str(value)
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def format_table(r: dict[str, Any]) -> str:
+    lines = [f"rlpipe eval: {r['prompts']} prompts x {r['samples_per_prompt']} samples (T={r['temperature']}), "
+             f"{r['wall_seconds']:.0f} s"]
+    for k, v in r["pass@k"].items():
+        lines.append(f"  pass@{k:<3} {100 * v:6.1f}%")
+    for k, v in r["maj@k"].items():
+        lines.append(f"  maj@{k:<4} {100 * v:6.1f}%")
+    for k, v in r.get("best_of_n_by_head", {}).items():
+        lines.append(f"  best-of-{k:<3} by head {100 * v:6.1f}%")
+    if "head_auroc" in r:
+        lines.append(f"  head AUROC (correctness) {r['head_auroc']:.3f}; head adds {r['head_ms_per_candidate']:.2f} ms "
+                     f"per candidate on top of the forward pass")
+    for b, v in r["accuracy_by_budget"].items():
+        lines.append(f"  accuracy within {b:>5} tokens {100 * v:6.1f}%")
+    return "\n".join(lines)
+
+
+def _plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    budgets = list(r["accuracy_by_budget"])
+    axes[0].plot(budgets, [100 * v for v in r["accuracy_by_budget"].values()], marker="o")
+    axes[0].set(xlabel="generation budget (max response tokens)", ylabel="accuracy (%)", title="accuracy vs budget")
+    if "best_of_n_by_head" in r:
+        ns = list(r["best_of_n_by_head"])
+        axes[1].plot(ns, [100 * v for v in r["best_of_n_by_head"].values()], marker="o", label="best-of-N by head")
+        axes[1].set_xscale("log", base=2)
+    if 1 in r["pass@k"]:
+        axes[1].axhline(100 * r["pass@k"][1], color="gray", linestyle="--", label="pass@1")
+    for k, v in r["maj@k"].items():
+        axes[1].scatter([k], [100 * v], color="tab:orange", label=f"maj@{k}")
+    axes[1].set(xlabel="N candidates", ylabel="accuracy (%)", title="test-time scaling")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(dcfg: DictConfig) -> None:
+    cfg: Config = OmegaConf.to_object(dcfg)
+    from rlpipe.config.validate import ConfigError, validate
+
+    try:
+        validate(cfg)
+        if cfg.eval.samples_per_prompt < 1:
+            raise ConfigError("eval.samples_per_prompt must be >= 1")
+    except ConfigError as e:
+        print(f"rlpipe.eval: {e}", file=sys.stderr)
+        sys.exit(2)
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""XBai o4's SPRM score head on the policy's backbone: module, settings, and its share of a learner update.
+
+The head reads the hidden states of one backbone layer (default the second-to-last) from the policy's own forward
+pass, through a gradient scale (default 1e-4: the backbone feels the head's loss 10^4 times weaker than the policy
+loss). It has its own AdamW; its gradients are averaged over the learner ranks by hand (it is a replica on every
+rank, outside FSDP/DeepSpeed). The math is in ``rlpipe.algos.sprm``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from rlpipe.algos.sprm import scale_grad, sprm_loss, step_end_mask, trajectory_scores
+from rlpipe.learner.batch import TrainBatch
+
+
+@dataclass(frozen=True)
+class ScoreHeadSettings:
+    delimiter_ids: tuple[int, ...]
+    think_start_id: Optional[int] = None
+    think_end_id: Optional[int] = None
+    layer: int = -2
+    lr: float = 1e-5
+    grad_scale: float = 1e-4
+    positive_weight: float = 1.0
+    coef: float = 1.0
+    dropout: float = 0.5
+
+
+class ScoreHead(torch.nn.Module):
+    """``Linear(h, 2h) → ReLU → Dropout → Linear(2h, 1)``, as in the paper's code."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.5):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(hidden_size, 2 * hidden_size), torch.nn.ReLU(),
+                                       torch.nn.Dropout(dropout), torch.nn.Linear(2 * hidden_size, 1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden).squeeze(-1)
+
+
+class ScoreHeadTrainer:
+    """The head, its optimizer, and what the learner worker asks of it."""
+
+    def __init__(self, hidden_size: int, settings: ScoreHeadSettings, device: torch.device, seed: int):
+        self.s = settings
+        with torch.random.fork_rng(devices=[]):  # the head's init must not shift the policy's random stream
+            torch.manual_seed(seed + 7919)
+            self.head = ScoreHead(hidden_size, settings.dropout).to(device)
+        self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=settings.lr)
+
+    def step_logits(self, hidden: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [N, T], scored-position mask [N, T]) from the chosen layer's hidden states [N, P+T, H]."""
+        p = batch.prompt_len
+        logits = self.head(scale_grad(hidden[:, p:].float(), self.s.grad_scale))
+        mask = step_end_mask(batch.input_ids[:, p:].cpu(), batch.response_mask.cpu(), self.s.delimiter_ids,
+                             self.s.think_start_id, self.s.think_end_id).to(logits.device)
+        return logits, mask
+
+    def loss(self, hidden: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, mask = self.step_logits(hidden, batch)
+        loss, metrics = sprm_loss(logits, mask, batch.sprm_labels.to(logits.device), self.s.positive_weight)
+        return self.s.coef * loss, {"sprm/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
+
+    @torch.no_grad()
+    def scores(self, hidden: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+        """[N] trajectory scores (geometric mean of step probabilities; 0 without a scored step)."""
+        self.head.eval()
+        logits, mask = self.step_logits(hidden, batch)
+        self.head.train()
+        return trajectory_scores(logits, mask).cpu()
+
+    def step(self) -> None:
+        """Average the head's gradients over the ranks (each rank normalised its own loss), then step."""
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            for p in self.head.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.head.load_state_dict(state["head"])
+        self.optimizer.load_state_dict(state["optimizer"])
