@@ -10,15 +10,12 @@ Writes ``eval.json`` and ``eval.png`` to ``eval.output_dir`` and prints a table.
 
 from __future__ import annotations
 
-import os
+from rlpipe.process_env import set_process_defaults
 
-for _k, _v in {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}.items():
-    os.environ.setdefault(_k, _v)
+set_process_defaults()  # before torch / ray / vllm are imported
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -177,18 +174,11 @@ def _plot(r: dict[str, Any], path: Path) -> None:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
-    cfg: Config = OmegaConf.to_object(dcfg)
-    from rlpipe.config.validate import ConfigError, validate
+    from rlpipe.config.validate import validated_or_exit
 
-    try:
-        validate(cfg)
-        if cfg.eval.samples_per_prompt < 1:
-            raise ConfigError("eval.samples_per_prompt must be >= 1")
-    except ConfigError as e:
-        print(f"rlpipe.eval: {e}", file=sys.stderr)
-        sys.exit(2)
+    cfg = validated_or_exit(OmegaConf.to_object(dcfg), "rlpipe.eval", lambda c: (
+        ["eval.samples_per_prompt must be >= 1"] if c.eval.samples_per_prompt < 1 else []))
     evaluate(cfg)
-
 
 if __name__ == "__main__":
     main()

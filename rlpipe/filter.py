@@ -11,15 +11,12 @@ samples were all correct" is ``data.pass_rate_max=0.99``.
 
 from __future__ import annotations
 
-import os
+from rlpipe.process_env import set_process_defaults
 
-for _k, _v in {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-               "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}.items():
-    os.environ.setdefault(_k, _v)
+set_process_defaults()  # before torch / ray / vllm are imported
 
 import json  # noqa: E402
 import logging  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
 from contextlib import nullcontext  # noqa: E402
@@ -87,20 +84,13 @@ def pass_rate_table(cfg: Config) -> dict:
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
-    cfg: Config = OmegaConf.to_object(dcfg)
-    from rlpipe.config.validate import ConfigError, validate
+    from rlpipe.config.validate import validated_or_exit
 
-    try:
-        validate(cfg)
-        if cfg.data.pool_size == 0:
-            raise ConfigError("the pre-pass scores a fixed pool: set data.pool_size > 0")
-        if cfg.prepass.samples_per_prompt < 1:
-            raise ConfigError("prepass.samples_per_prompt must be >= 1")
-    except ConfigError as e:
-        print(f"rlpipe.filter: {e}", file=sys.stderr)
-        sys.exit(2)
-    pass_rate_table(cfg)
+    def prepass_checks(c: Config) -> list[str]:
+        errors = [] if c.data.pool_size > 0 else ["the pre-pass scores a fixed pool: set data.pool_size > 0"]
+        return errors + ([] if c.prepass.samples_per_prompt >= 1 else ["prepass.samples_per_prompt must be >= 1"])
 
+    pass_rate_table(validated_or_exit(OmegaConf.to_object(dcfg), "rlpipe.filter", prepass_checks))
 
 if __name__ == "__main__":
     main()

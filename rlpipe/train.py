@@ -7,20 +7,9 @@
 
 from __future__ import annotations
 
-import os
+from rlpipe.process_env import set_process_defaults
 
-# Set before torch / ray / vllm are imported: thread counts and offline mode are read at import time.
-for _k, _v in {
-    "OMP_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}.items():
-    os.environ.setdefault(_k, _v)
+set_process_defaults()  # before torch / ray / vllm are imported
 
 import logging  # noqa: E402
 import sys  # noqa: E402
@@ -36,14 +25,9 @@ register_configs()
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(dcfg: DictConfig) -> None:
-    cfg: Config = OmegaConf.to_object(dcfg)  # typed dataclasses from here on
-    from rlpipe.config.validate import ConfigError, validate
+    from rlpipe.config.validate import validated_or_exit
 
-    try:
-        validate(cfg)
-    except ConfigError as e:
-        print(f"rlpipe: {e}", file=sys.stderr)
-        sys.exit(2)
+    cfg: Config = validated_or_exit(OmegaConf.to_object(dcfg), "rlpipe")  # typed dataclasses from here on
     from rlpipe.driver.run import RunAborted, run
 
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Callable
 
 from rlpipe.config.schema import Config
 
@@ -110,3 +112,17 @@ def validate(cfg: Config) -> None:
         errors.append("trainer.keep_checkpoints must be >= 1")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+
+
+def validated_or_exit(cfg: Config, prog: str, extra: Callable[[Config], list[str]] = lambda cfg: []) -> Config:
+    """For command-line entry points: ``cfg`` if it passes ``validate`` and the command's own checks (``extra``
+    returns error strings); otherwise print every error naming the fields and exit with status 2."""
+    try:
+        validate(cfg)
+        errors = extra(cfg)
+        if errors:
+            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    except ConfigError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        sys.exit(2)
+    return cfg

@@ -8,18 +8,14 @@ import tempfile
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
+from rlpipe.process_env import DEFAULTS
+
 log = logging.getLogger(__name__)
 
 # Environment every role process gets. Values the driver's own environment sets win (so a cluster's settings,
 # e.g. GLOO_SOCKET_IFNAME for its network, pass through).
 ACTOR_ENV_DEFAULTS = {
-    "OMP_NUM_THREADS": "1",  # torch's default thread count on shared cores made steps 5-80x slower
-    "TOKENIZERS_PARALLELISM": "false",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # the engine core runs inside the rollout actor's own process
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
+    **DEFAULTS,
     "VLLM_LOGGING_LEVEL": "WARNING",  # vLLM's INFO lines (a page-long engine config per actor) bury the run's own log
 }
 PASS_THROUGH = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME", "DS_ACCELERATOR", "VLLM_CPU_KVCACHE_SPACE",

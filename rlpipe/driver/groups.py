@@ -136,9 +136,28 @@ class Group:
     def wait_until_alive(self, index: int) -> int:
         """After a crash: block until Ray has restarted worker ``index`` (its object rebuilt); returns its pid.
 
-        Raises WorkerDied when the actor is gone for good (its restarts are used up).
+        While Ray restarts an actor, calls to it fail with "temporarily unavailable": those are retried until the
+        group's deadline. Raises WorkerDied when the actor is gone for good (its restarts are used up).
         """
-        return self.get([self._workers[index].ready.remote()], "restart", indices=[index])[0]
+        if self.mode != "ray":
+            return os.getpid()
+        import ray
+        from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
+
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return ray.get(self._workers[index].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise RemoteCallError(f"{self.name} worker {index} did not come back within {self.timeout_s:.0f} s "
+                                          f"after a crash") from None
+                time.sleep(0.5)
+            except ActorDiedError as e:
+                raise WorkerDied(self.name, index, "restart", e) from None
+            except GetTimeoutError:
+                raise RemoteCallError(f"{self.name} worker {index} did not come back within {self.timeout_s:.0f} s "
+                                      f"after a crash") from None
 
     def rendezvous_address(self) -> tuple[str, int]:
         """Address and free port on worker 0's node (for torch.distributed's rendezvous)."""

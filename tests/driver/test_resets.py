@@ -1,8 +1,7 @@
-import socket
-
 import pytest
 import torch
 
+from conftest import free_port
 from rlpipe.driver.resets import ResetPolicy
 from rlpipe.learner.batch import build_batch
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings
@@ -27,10 +26,7 @@ def test_reset_causes():
 @pytest.mark.parametrize("backend,options", [("fsdp2", {}), ("deepspeed", {"zero_stage": 2}),
                                              ("deepspeed", {"zero_stage": 3})], ids=["fsdp2", "zero2", "zero3"])
 def test_reference_reset_makes_kl_zero_and_clears_the_optimizer(micro_model_dir, backend, options):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=port,
+    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
                            model_path=str(micro_model_dir), backend=backend, backend_options=options,
                            optimizer=OptimizerSettings(lr=1e-2, max_grad_norm=0.0),
                            objective=ObjectiveSettings(kl_coef=0.1), micro_batch_samples=8, with_reference=True, seed=0)

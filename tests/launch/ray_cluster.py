@@ -5,22 +5,15 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from conftest import free_port
 
-def free_port() -> int:
-    # Outside Ray's worker port range (10002-19999), as Ray requires for its own GCS / dashboard ports.
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if not 10002 <= port <= 19999:
-            return port
+
 
 
 def processes_of(marker: str) -> list[int]:

@@ -4,12 +4,11 @@ and loaded into fresh ranks gives the same step-4 loss as the uninterrupted run.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from rlpipe.learner.batch import build_batch, pad_to_multiple, split_even
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings
 from rlpipe.learner.worker import LearnerWorker, OptimizerSettings
@@ -30,11 +29,6 @@ def _batch(vocab: int, step: int):
     batch.advantages = torch.randn(n, generator=g)
     return batch
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, port, model_dir, backend, stage):
@@ -79,7 +73,7 @@ def _rank_main(rank, port, model_dir, backend, stage, out_path, ckpt_dir, resume
 
 def _run(model_dir, backend, stage, tmp_path, ckpt_dir=None, resume=False):
     out = tmp_path / f"{backend}{stage}{'-resumed' if resume else ''}.pt"
-    mp.start_processes(_rank_main, args=(_free_port(), model_dir, backend, stage, out, ckpt_dir, resume),
+    mp.start_processes(_rank_main, args=(free_port(), model_dir, backend, stage, out, ckpt_dir, resume),
                        nprocs=WORLD, join=True, start_method="spawn")
     return torch.load(out)
 

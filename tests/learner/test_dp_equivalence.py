@@ -5,12 +5,11 @@ first step would hide), the loss, and the weights after one AdamW step (catches 
 from __future__ import annotations
 
 import json
-import socket
-
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import free_port
 from rlpipe.learner.batch import build_batch, pad_to_multiple, split_even
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings
 from rlpipe.learner.worker import LearnerWorker, OptimizerSettings
@@ -33,11 +32,6 @@ def _batch(vocab: int):
     batch.advantages = torch.randn(n, generator=g)
     return batch
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path):
@@ -67,7 +61,7 @@ def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path):
 
 def _run(world, model_dir, aggregation, micro, tmp_path):
     out = tmp_path / f"w{world}_{aggregation}.pt"
-    mp.start_processes(_rank_main, args=(world, _free_port(), model_dir, aggregation, micro, out), nprocs=world,
+    mp.start_processes(_rank_main, args=(world, free_port(), model_dir, aggregation, micro, out), nprocs=world,
                        join=True, start_method="spawn")
     return torch.load(out)
 

@@ -4,11 +4,10 @@ gathers its partitioned parameters for the export), tiny Qwen2 model."""
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 
+from conftest import free_port
 from rlpipe.learner.batch import build_batch
 from rlpipe.learner.objective import ObjectiveSettings
 from rlpipe.learner.worker import LearnerWorker, OptimizerSettings
@@ -17,11 +16,6 @@ from rlpipe.rollout.types import GenerationRequest, SamplingSettings
 pytestmark = pytest.mark.component
 TEMPERATURE = 0.8  # not 1: checks that both sides apply the temperature the same way
 
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _max_diff(engine, learner, requests, pad_id) -> float:
@@ -39,7 +33,7 @@ def test_vllm_logprobs_match_learner_after_push(micro_model_dir, backend, option
     from rlpipe.rollout.vllm_engine import VLLMEngine
 
     learner = LearnerWorker(
-        rank=0, world_size=1, master_addr="127.0.0.1", master_port=_port(), model_path=str(micro_model_dir),
+        rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), model_path=str(micro_model_dir),
         backend=backend, optimizer=OptimizerSettings(lr=5e-2, max_grad_norm=0.0),
         objective=ObjectiveSettings(temperature=TEMPERATURE), micro_batch_samples=64, with_reference=False, seed=0,
         backend_options=options,

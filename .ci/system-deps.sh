@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# System packages some tests need beyond Python: bubblewrap (the code sandbox), and a real Slurm with munge (the
+# launch test). Installed only when missing and when we can (root + apt); otherwise those tests say why they skip.
+set -euo pipefail
+need=()
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v slurmctld >/dev/null || need+=(slurm-wlm)
+command -v munged >/dev/null || need+=(munge)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+  echo "[ci] missing ${need[*]} and cannot install them (not root or no apt-get); their tests will skip" >&2
+  exit 0
+fi
+echo "[ci] installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get install -y --no-install-recommends "${need[@]}" >/dev/null 2>&1 \
+  || { apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
