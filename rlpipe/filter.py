@@ -33,16 +33,14 @@ register_configs()
 
 def pass_rate_table(cfg: Config) -> dict:
     from rlpipe.driver import build, cluster
-    from rlpipe.driver.prompts import chat_tokenizer, training_pool
+    from rlpipe.driver.prompts import chat_length, chat_tokenizer, prompt_pool
     from rlpipe.rollout.types import GenerationRequest
-    from rlpipe.tasks.arithmetic import heldout_set
     from rlpipe.verify.types import VerdictKind
 
     start = time.time()
     model_path = build.model_dir(cfg)
-    tokenize, _ = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
-    heldout = {p.question for p in heldout_set(n=cfg.data.heldout_size, seed=cfg.data.seed + 1)}
-    pool = training_pool(cfg.data, heldout)
+    tokenize, tokenizer = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
+    pool, _ = prompt_pool(cfg.data, chat_length(tokenizer))  # the pool training will draw from (held-out excluded)
     k = cfg.prepass.samples_per_prompt
     session = (cluster.ray_session(cfg.cluster.address, cfg.rollout.num_engines + cfg.verifier.num_workers)
                if cfg.cluster.mode == "ray" else nullcontext())
@@ -61,7 +59,8 @@ def pass_rate_table(cfg: Config) -> dict:
             scored[c.request_id] += 1
             correct[c.request_id] += v.kind == VerdictKind.CORRECT
     meta = {"model_path": model_path, "samples_per_prompt": k, "sampling": vars(build.sampling_settings(cfg)),
-            "data": {"task": cfg.data.task, "seed": cfg.data.seed, "pool_size": cfg.data.pool_size},
+            "data": {"task": cfg.data.task, "file": cfg.data.file, "seed": cfg.data.seed,
+                     "pool_size": cfg.data.pool_size},
             "verifier": cfg.verifier.name, "dropped_samples": counts["dropped"], "seconds": round(time.time() - start, 1)}
     out = Path(cfg.prepass.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +86,8 @@ def main(dcfg: DictConfig) -> None:
     from rlpipe.config.validate import validated_or_exit
 
     def prepass_checks(c: Config) -> list[str]:
-        errors = [] if c.data.pool_size > 0 else ["the pre-pass scores a fixed pool: set data.pool_size > 0"]
+        fixed_pool = c.data.pool_size > 0 or c.data.task == "file"
+        errors = [] if fixed_pool else ["the pre-pass scores a fixed pool: set data.pool_size > 0 (or use a data file)"]
         return errors + ([] if c.prepass.samples_per_prompt >= 1 else ["prepass.samples_per_prompt must be >= 1"])
 
     pass_rate_table(validated_or_exit(OmegaConf.to_object(dcfg), "rlpipe.filter", prepass_checks))

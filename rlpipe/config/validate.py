@@ -71,8 +71,9 @@ def validate(cfg: Config) -> None:
     errors += _choice("data.sampler", d.sampler, ["sequential", "curriculum"])
     if d.pool_size < 0:
         errors.append(f"data.pool_size must be >= 0 (got {d.pool_size})")
-    if (d.sampler == "curriculum" or d.pass_rate_table) and d.pool_size == 0:
-        errors.append("data.sampler=curriculum and data.pass_rate_table need a fixed pool: set data.pool_size > 0")
+    if (d.sampler == "curriculum" or d.pass_rate_table) and d.pool_size == 0 and d.task != "file":
+        errors.append("data.sampler=curriculum and data.pass_rate_table need a fixed pool: set data.pool_size > 0 "
+                      "(a data file is a fixed pool already)")
     if not 0 <= d.pass_rate_min <= d.pass_rate_max <= 1:
         errors.append(f"need 0 <= data.pass_rate_min <= data.pass_rate_max <= 1 "
                       f"(got {d.pass_rate_min}, {d.pass_rate_max})")

@@ -176,17 +176,12 @@ def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]
     For data set files, ``prompt_length(text) -> tokens`` enables the prompt-length check at load time and
     ``quarantine`` is where skipped rows are written (``data.quarantine_file`` overrides it).
     """
-    if data.task == "file":
-        pool, heldout_items = file_prompts(data, prompt_length, quarantine)
-    else:
+    if data.task == "arithmetic" and data.pool_size == 0:
         from rlpipe.tasks.arithmetic import heldout_set
 
         heldout = heldout_set(n=data.heldout_size, seed=data.seed + 1)
-        heldout_items = [arithmetic_item(p) for p in heldout]
-        questions = {p.question for p in heldout}
-        if data.pool_size == 0:
-            return ArithmeticStream(data.seed, questions), heldout_items
-        pool = training_pool(data, questions)
+        return ArithmeticStream(data.seed, {p.question for p in heldout}), [arithmetic_item(p) for p in heldout]
+    pool, heldout_items = prompt_pool(data, prompt_length, quarantine)
     if data.pass_rate_table:
         meta, rates = read_pass_rates(data.pass_rate_table)
         missing = [p.uid for p in pool if p.uid not in rates]
@@ -200,6 +195,17 @@ def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]
     if data.sampler == "curriculum":
         return CurriculumPool(pool, data.seed, data.curriculum_ema), heldout_items
     return ShuffledPool(pool, data.seed), heldout_items
+
+
+def prompt_pool(data: DataConfig, prompt_length: Optional[Callable[[str], int]] = None,
+                quarantine: Optional[str] = None) -> tuple[list[PromptItem], list[PromptItem]]:
+    """(fixed training pool, held-out items): ``data.pool_size`` synthetic problems, or the rows of a data file."""
+    if data.task == "file":
+        return file_prompts(data, prompt_length, quarantine)
+    from rlpipe.tasks.arithmetic import heldout_set
+
+    heldout = heldout_set(n=data.heldout_size, seed=data.seed + 1)
+    return training_pool(data, {p.question for p in heldout}), [arithmetic_item(p) for p in heldout]
 
 
 def file_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]],
