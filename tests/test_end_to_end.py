@@ -93,3 +93,21 @@ def test_offline_prepass_table_is_consumed_by_training_with_dynamic_sampling(tmp
     steps = [m for m in metrics if "filter/rounds" in m]
     assert len(steps) == 3 and all(1 <= m["filter/rounds"] <= 4 for m in steps)
     assert all(0 <= m["filter/kept_frac"] <= 1 and "filter/zero_var_frac" in m for m in steps)
+
+
+DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
+def test_math_verifier_on_a_data_set_file(tmp_path):
+    """GSM8K rows through the math verifier, in local mode: the tiny model cannot solve them (reward 0 is expected);
+    the point is the path: file loading (too-long prompts skipped and quarantined), math-verify scoring, training."""
+    summary, rows, proc = _train(
+        tmp_path, "data=gsm8k", f"data.file={DATA / 'gsm8k' / 'test.jsonl'}", "data.on_bad_row=skip",
+        "data.max_prompt_tokens=384", "data.heldout_size=8", "data.prompts_per_step=4", "rollout.samples_per_prompt=2",
+        "trainer.total_steps=2", "trainer.eval_every_steps=2", "cluster=local", "logger.progress_bar=false")
+    assert summary["steps"] == 2
+    steps = [r for r in rows if "verify/pass_rate" in r]
+    assert all(r["verify/error_frac"] == 0 and r["verify/dropped"] == 0 for r in steps)
+    quarantined = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
+    assert quarantined and {q["reason"] for q in quarantined} == {"prompt_too_long"}
