@@ -111,3 +111,17 @@ def test_math_verifier_on_a_data_set_file(tmp_path):
     assert all(r["verify/error_frac"] == 0 and r["verify/dropped"] == 0 for r in steps)
     quarantined = [json.loads(line) for line in (tmp_path / "quarantine.jsonl").read_text().splitlines()]
     assert quarantined and {q["reason"] for q in quarantined} == {"prompt_too_long"}
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
+def test_code_verifier_on_a_code_data_set(tmp_path):
+    """MBPP rows through the sandboxed code verifier: the tiny model writes no working Python (reward 0 expected);
+    the point is the path, and that no sample is an infrastructure error (the sandbox started every time)."""
+    summary, rows, proc = _train(
+        tmp_path, "data=mbpp", f"data.file={DATA / 'mbpp' / 'mbpp.jsonl'}", "data.on_bad_row=skip",
+        "data.max_prompt_tokens=448", "data.heldout_size=4", "data.prompts_per_step=4", "rollout.samples_per_prompt=2",
+        "rollout.max_response_tokens=48", "trainer.total_steps=2", "trainer.eval_every_steps=2", "cluster=local",
+        "logger.progress_bar=false")
+    assert summary["steps"] == 2
+    steps = [r for r in rows if "verify/pass_rate" in r]
+    assert steps and all(r["verify/error_frac"] == 0 and r["verify/dropped"] == 0 for r in steps)
