@@ -41,3 +41,13 @@ def micro_model_dir(tmp_path_factory) -> Path:
     from rlpipe.models.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("micro_model"), seed=0, size="micro")
+
+
+@pytest.fixture(scope="session")
+def default_model() -> Path:
+    """The default job's warm-started tiny model, built (or found in the cache) once, before any test that starts
+    `python -m rlpipe.train` with a deadline: on a fresh machine the warm-start takes minutes."""
+    from rlpipe.config.schema import Config
+    from rlpipe.driver.build import model_dir
+
+    return Path(model_dir(Config()))

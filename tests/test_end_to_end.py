@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 
 
 def _train(run_dir, *overrides, timeout=1500):

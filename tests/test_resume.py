@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 # 16 prompts, 8 per step: every second step starts a new (reshuffled) epoch.
 COMMON = ["data.pool_size=16", "data.prompts_per_step=8", "data.heldout_size=32", "trainer.eval_every_steps=100",
           "trainer.save_every_steps=3", "logger.progress_bar=false", "trainer.seed=5"]

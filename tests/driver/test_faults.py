@@ -15,7 +15,7 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 PROMPTS, SAMPLES = 4, 4
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 from ray_cluster import PrivateRayHead
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 
 
 def test_ray_job_submit_runs_the_default_job(tmp_path):

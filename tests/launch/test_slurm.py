@@ -13,7 +13,7 @@ from conftest import REPO
 from ray_cluster import free_port
 from slurm_cluster import PrivateSlurm, available
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model"),
               pytest.mark.skipif(not available(), reason="needs root and Debian's slurm-wlm + munge (.ci installs them)")]
 
 
