@@ -66,11 +66,13 @@ def sprm_loss(
     step_mask: torch.Tensor,
     labels: torch.Tensor,
     positive_weight: float = 1.0,
+    agreement_filter: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Self-supervised process-reward loss: class-balanced BCE over the steps whose prediction agrees with the label.
 
     Every scored step of trajectory i gets ``labels[i]`` (1 = the outcome was correct, 0 = not; a negative label
-    excludes the trajectory, e.g. a format failure). A step is kept when ``(logit > 0) == label``. Each class present
+    excludes the trajectory, e.g. a format failure). A step is kept when ``(logit > 0) == label`` (every usable step
+    with ``agreement_filter=False``: plain outcome-supervised BCE, for comparison). Each class present
     among the kept steps gets half of the total weight (class balance); positives are weighted ``positive_weight``
     times more on top (the paper's code uses 1.5). The loss is normalised by the total weight, so it is a weighted
     mean; no kept step gives a zero loss (still attached to the graph).
@@ -83,7 +85,7 @@ def sprm_loss(
     y = labels.float().unsqueeze(1).expand_as(step_logits)
     usable = step_mask & (labels >= 0).unsqueeze(1)
     agree = (step_logits.detach() > 0) == (y > 0.5)
-    kept = usable & agree
+    kept = usable & agree if agreement_filter else usable
     pos, neg = kept & (y > 0.5), kept & (y <= 0.5)
     n_pos, n_neg = pos.sum(), neg.sum()
     classes = ((n_pos > 0).float() + (n_neg > 0).float()).clamp(min=1)

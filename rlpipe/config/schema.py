@@ -59,6 +59,10 @@ class ScoreHeadConfig:
     coef: float = _help("Weight of the head's loss next to the policy loss.", 1.0)
     exclude_format_failures: bool = _help("Leave samples whose answer could not be extracted out of the head's loss "
                                           "(their outcome label says nothing about their steps).", True)
+    agreement_filter: bool = _help("The paper's self-supervised filter: train only on steps whose prediction already "
+                                   "agrees with the outcome label. false: every scored step (plain outcome BCE).",
+                                   True)
+    dropout: float = _help("Dropout inside the head (the paper: 0.5).", 0.5)
 
 
 @dataclass

@@ -153,7 +153,8 @@ def score_head_settings(cfg: Config, model_path: str):
     return ScoreHeadSettings(
         delimiter_ids=tuple(single_token(d, "delimiters") for d in h.delimiters),
         think_start_id=think[0] if think else None, think_end_id=think[1] if think else None,
-        layer=h.layer, lr=h.lr, grad_scale=h.grad_scale, positive_weight=h.positive_weight, coef=h.coef)
+        layer=h.layer, lr=h.lr, grad_scale=h.grad_scale, positive_weight=h.positive_weight, coef=h.coef,
+        dropout=h.dropout, agreement_filter=h.agreement_filter)
 
 
 def build_rollout(cfg: Config, model_path: str, max_model_len: int) -> RolloutPool:

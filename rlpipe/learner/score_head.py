@@ -29,6 +29,7 @@ class ScoreHeadSettings:
     positive_weight: float = 1.0
     coef: float = 1.0
     dropout: float = 0.5
+    agreement_filter: bool = True
 
 
 class ScoreHead(torch.nn.Module):
@@ -63,7 +64,8 @@ class ScoreHeadTrainer:
 
     def loss(self, hidden: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits, mask = self.step_logits(hidden, batch)
-        loss, metrics = sprm_loss(logits, mask, batch.sprm_labels.to(logits.device), self.s.positive_weight)
+        loss, metrics = sprm_loss(logits, mask, batch.sprm_labels.to(logits.device), self.s.positive_weight,
+                                  self.s.agreement_filter)
         return self.s.coef * loss, {"sprm/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
 
     @torch.no_grad()

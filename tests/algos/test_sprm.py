@@ -76,3 +76,13 @@ def test_scale_grad_leaves_the_forward_and_scales_the_backward():
     assert torch.equal(y, x)
     (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
     torch.testing.assert_close(x.grad, torch.tensor([1e-4, 2e-4, 3e-4]))
+
+
+def test_sprm_loss_without_the_agreement_filter_uses_every_scored_step():
+    logits = torch.tensor([[2.0, -1.0], [-3.0, -0.5]])
+    loss, metrics = sprm_loss(logits, torch.ones(2, 2, dtype=torch.bool), torch.tensor([1.0, 0.0]),
+                              agreement_filter=False)
+    bce_pos = [math.log1p(math.exp(-2.0)), math.log1p(math.exp(1.0))]
+    bce_neg = [math.log1p(math.exp(-3.0)), math.log1p(math.exp(-0.5))]
+    assert loss.item() == pytest.approx(0.5 * sum(bce_pos) / 2 + 0.5 * sum(bce_neg) / 2)
+    assert metrics["sprm/kept_frac"].item() == 1.0
