@@ -47,7 +47,7 @@ def saved_score_head(model_path: str):
 def evaluate(cfg: Config) -> dict[str, Any]:
     from dataclasses import replace
 
-    from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k
+    from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k, within_question_auroc
     from rlpipe.driver import build, cluster
     from rlpipe.driver.prompts import build_prompts, chat_length, chat_tokenizer
     from rlpipe.learner.batch import build_batch
@@ -106,6 +106,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         s = scores.view(q, n)
         result["best_of_n_by_head"] = {k: best_of_n(s, correct, k) for k in e.best_of if k <= n}
         result["head_auroc"] = auroc(scores, correct.flatten())
+        result["head_auroc_within_question"] = within_question_auroc(s, correct)
         result["head_ms_per_candidate"] = 1000 * head_seconds / len(completions)
     result["wall_seconds"] = round(time.time() - start, 1)
     out_dir = Path(e.output_dir)
@@ -140,8 +141,9 @@ def format_table(r: dict[str, Any]) -> str:
     for k, v in r.get("best_of_n_by_head", {}).items():
         lines.append(f"  best-of-{k:<3} by head {100 * v:6.1f}%")
     if "head_auroc" in r:
-        lines.append(f"  head AUROC (correctness) {r['head_auroc']:.3f}; head adds {r['head_ms_per_candidate']:.2f} ms "
-                     f"per candidate on top of the forward pass")
+        lines.append(f"  head AUROC (correctness) {r['head_auroc']:.3f} pooled, {r['head_auroc_within_question']:.3f} "
+                     f"within a question; head adds {r['head_ms_per_candidate']:.2f} ms per candidate on top of the "
+                     f"forward pass")
     for b, v in r["accuracy_by_budget"].items():
         lines.append(f"  accuracy within {b:>5} tokens {100 * v:6.1f}%")
     return "\n".join(lines)

@@ -76,3 +76,15 @@ def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     greater = (pos.unsqueeze(1) > neg.unsqueeze(0)).double().sum()
     ties = (pos.unsqueeze(1) == neg.unsqueeze(0)).double().sum()
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def within_question_auroc(scores: torch.Tensor, correct: torch.Tensor) -> float:
+    """Mean over questions (those with both right and wrong candidates) of the AUROC among that question's
+    candidates: what best-of-N needs. A pooled AUROC can be high just because a score tracks how hard a question is.
+
+    Args:
+        scores: [Q, n]. correct: [Q, n] bool.
+    """
+    per_question = [auroc(scores[q], correct[q]) for q in range(scores.shape[0])]
+    usable = [a for a in per_question if not math.isnan(a)]
+    return sum(usable) / len(usable) if usable else float("nan")

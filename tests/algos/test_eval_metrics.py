@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k
+from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k, within_question_auroc
 
 
 def test_pass_at_k_unbiased_estimator():
@@ -38,3 +38,14 @@ def test_auroc():
     assert auroc(torch.tensor([0.5, 0.5]), torch.tensor([1, 0])) == 0.5  # a tie counts one half
     assert auroc(torch.tensor([0.9, 0.4, 0.6, 0.1]), torch.tensor([1, 1, 0, 0])) == pytest.approx(3 / 4)
     assert math.isnan(auroc(torch.tensor([0.1, 0.2]), torch.tensor([1, 1])))
+
+
+def test_within_question_auroc_ignores_difficulty():
+    # Pooled, the score separates the easy question (all right, high scores) from the hard one: AUROC looks good.
+    # Within each question it ranks backwards, which is what best-of-N sees.
+    scores = torch.tensor([[0.9, 0.8, 0.85], [0.1, 0.3, 0.2]])
+    correct = torch.tensor([[False, True, True], [False, True, False]])
+    assert auroc(scores.flatten(), correct.flatten()) > 0.5
+    assert within_question_auroc(scores, correct) == pytest.approx((0.0 + 1.0) / 2)
+    assert math.isnan(within_question_auroc(scores[:, :1], correct[:, :1]))
+
