@@ -35,7 +35,6 @@ def main() -> None:
     from rlpipe.driver import build, cluster
     from rlpipe.driver.prompts import build_prompts, chat_tokenizer
     from rlpipe.driver.run import make_trainer
-    from rlpipe.rollout.types import GenerationRequest
 
     register_configs()
     conf_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")

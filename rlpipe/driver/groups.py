@@ -145,19 +145,19 @@ class Group:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
         deadline = time.monotonic() + self.timeout_s
+        too_late = RemoteCallError(f"{self.name} worker {index} did not come back within {self.timeout_s:.0f} s "
+                                   f"after a crash (cluster.call_timeout_s)")
         while True:
             try:
                 return ray.get(self._workers[index].ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
             except ActorUnavailableError:
                 if time.monotonic() > deadline:
-                    raise RemoteCallError(f"{self.name} worker {index} did not come back within {self.timeout_s:.0f} s "
-                                          f"after a crash") from None
+                    raise too_late from None
                 time.sleep(0.5)
             except ActorDiedError as e:
                 raise WorkerDied(self.name, index, "restart", e) from None
             except GetTimeoutError:
-                raise RemoteCallError(f"{self.name} worker {index} did not come back within {self.timeout_s:.0f} s "
-                                      f"after a crash") from None
+                raise too_late from None
 
     def rendezvous_address(self) -> tuple[str, int]:
         """Address and free port on worker 0's node (for torch.distributed's rendezvous)."""

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from rlpipe.config.schema import DataConfig
 from rlpipe.driver.prompts import CurriculumPool, PromptItem, ShuffledPool, build_prompts

@@ -4,7 +4,6 @@ first step would hide), the loss, and the weights after one AdamW step (catches 
 
 from __future__ import annotations
 
-import json
 import pytest
 import torch
 import torch.multiprocessing as mp
