@@ -1,7 +1,7 @@
 """The learner's GPU path without Ray or vLLM: FSDP2 over NCCL on CUDA, bf16 throughput, and fp32 weight-push parity.
 
     python bench/gpu_learner.py throughput [--size 0.5b] [--samples 64] [--prompt 256] [--response 768]
-    python bench/gpu_learner.py parity
+    python bench/gpu_learner.py parity [--backend deepspeed --zero-stage 3]
 
 ``throughput``: one learner rank (NCCL process group of size 1, FSDP2 ``fully_shard``, AdamW) in bf16 on a
 Qwen2.5-0.5B-shaped Qwen2 model (random weights, real architecture and vocabulary size); times old+reference
@@ -53,12 +53,14 @@ def build_model(out: Path, shape: dict, tokenizer_vocab: int = 512) -> Path:
     return out
 
 
-def make_worker(model_path: Path, dtype: str, micro: int, lr: float) -> LearnerWorker:
+def make_worker(model_path: Path, dtype: str, micro: int, lr: float, backend: str = "fsdp2",
+                zero_stage: int = 2) -> LearnerWorker:
     addr, port = free_port_address()
     return LearnerWorker(
-        rank=0, world_size=1, master_addr=addr, master_port=port, model_path=str(model_path), backend="fsdp2",
+        rank=0, world_size=1, master_addr=addr, master_port=port, model_path=str(model_path), backend=backend,
         optimizer=OptimizerSettings(lr=lr), objective=ObjectiveSettings(kl_coef=0.001), micro_batch_samples=micro,
-        with_reference=True, seed=0, dtype=dtype)
+        with_reference=True, seed=0, dtype=dtype,
+        backend_options={"zero_stage": zero_stage} if backend == "deepspeed" else {})
 
 
 def synthetic_batch(n: int, prompt: int, response: int, vocab: int, seed: int = 0):
@@ -99,10 +101,10 @@ def throughput(args) -> dict:
                                                               vocab_size=1024)
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp), shape)
-        worker = make_worker(model, "bfloat16", args.micro, lr=1e-6)
+        worker = make_worker(model, "bfloat16", args.micro, lr=1e-6, backend=args.backend, zero_stage=args.zero_stage)
     batch = synthetic_batch(args.samples, args.prompt, args.response, vocab=512)
     tokens = int(batch.response_mask.sum())
-    result = {"gpu": device_name(), "torch": torch.__version__, "model": "Qwen2, Qwen2.5-0.5B shape" if not args.dry_run else "toy",
+    result = {"gpu": device_name(), "torch": torch.__version__, "backend": _backend_name(args), "model": "Qwen2, Qwen2.5-0.5B shape" if not args.dry_run else "toy",
               "params": sum(p.numel() for p in worker.backend.module.parameters()), "samples": args.samples,
               "prompt_tokens": args.prompt, "max_response_tokens": args.response, "response_tokens": tokens,
               "micro_batch_samples": args.micro, "minibatches": args.minibatches}
@@ -138,7 +140,8 @@ def parity(args) -> dict:
     torch.backends.cudnn.allow_tf32 = False
     tmp = tempfile.mkdtemp()
     model = build_tiny_model(tmp, size="tiny")
-    worker = make_worker(model, "float32", micro=16, lr=1e-2)  # a large step, so a stale engine would be caught
+    # A large step, so a stale engine would be caught.
+    worker = make_worker(model, "float32", micro=16, lr=1e-2, backend=args.backend, zero_stage=args.zero_stage)
     engine = HFEngine(str(model))
     sampling = SamplingSettings(temperature=1.0, max_response_tokens=48)
     tok = engine.tokenizer
@@ -160,9 +163,13 @@ def parity(args) -> dict:
     stale, _ = learner_vs_engine()  # the engine still has the old weights
     engine.load_weights(worker.export_weights())
     after, _ = learner_vs_engine()
-    return {"gpu": device_name(), "dtype": "float32 (TF32 off)",
+    return {"gpu": device_name(), "backend": _backend_name(args), "dtype": "float32 (TF32 off)",
             "max_abs_logprob_diff_before_update": before, "after_update_before_push": stale,
             "after_push": after}
+
+
+def _backend_name(args) -> str:
+    return f"deepspeed ZeRO-{args.zero_stage}" if args.backend == "deepspeed" else args.backend
 
 
 def main() -> None:
@@ -173,6 +180,8 @@ def main() -> None:
     ap.add_argument("--response", type=int, default=768)
     ap.add_argument("--micro", type=int, default=8)
     ap.add_argument("--minibatches", type=int, default=2)
+    ap.add_argument("--backend", choices=["fsdp2", "deepspeed"], default="fsdp2")
+    ap.add_argument("--zero-stage", type=int, default=2)
     ap.add_argument("--dry-run", action="store_true", help="a toy model on CPU: checks the script, not the GPU")
     ap.add_argument("--out", default=None, help="also write the result as JSON here")
     args = ap.parse_args()
