@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlpipe.learner.batch import build_batch  # noqa: E402
+from rlpipe.learner.batch import build_batch, split_even  # noqa: E402
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings  # noqa: E402
 from rlpipe.learner.worker import LearnerWorker, OptimizerSettings, free_port_address  # noqa: E402
 
@@ -113,7 +113,7 @@ def throughput(args) -> dict:
             torch.cuda.reset_peak_memory_stats()
         lp, t_lp = timed(lambda: worker.compute_logprobs(batch))
         batch.old_logprobs, batch.ref_logprobs = lp["old_logprobs"], lp["ref_logprobs"]
-        parts = [b for b in _split(batch, args.minibatches)]
+        parts = split_even(batch, args.minibatches)
         mbs = [(b, GlobalCounts.of(b.response_mask, 1)) for b in parts]
         metrics, t_up = timed(lambda: worker.update(mbs))
         state, t_export = timed(worker.export_weights)
@@ -123,12 +123,6 @@ def throughput(args) -> dict:
                        "pg_loss": round(metrics["actor/pg_loss"], 5), "grad_norm": round(metrics["actor/grad_norm"], 4),
                        "export_tensors": len(state)})
     return result
-
-
-def _split(batch, parts: int):
-    from rlpipe.learner.batch import split_even
-
-    return split_even(batch, parts)
 
 
 def parity(args) -> dict:

@@ -22,6 +22,23 @@ for _k, _v in {
     os.environ.setdefault(_k, _v)
 
 REPO = Path(__file__).resolve().parents[1]
+# The shared public data sets beside the checkout (../shared/data); tests that read them skip when it is absent.
+DATA = REPO.parent / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
+
+
+def _have_bwrap() -> bool:
+    from rlpipe.verify.sandbox import SandboxUnavailable, find_bwrap
+
+    try:
+        find_bwrap()
+        return True
+    except SandboxUnavailable:
+        return False
+
+
+HAVE_BWRAP = _have_bwrap()
+needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap >= 0.8 is not installed")
 
 
 def free_port() -> int:

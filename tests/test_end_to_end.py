@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import DATA, REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 
@@ -95,7 +95,6 @@ def test_offline_prepass_table_is_consumed_by_training_with_dynamic_sampling(tmp
     assert all(0 <= m["filter/kept_frac"] <= 1 and "filter/zero_var_frac" in m for m in steps)
 
 
-DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA, needs_data
 from rlpipe.tasks.datasets import DataError, load_examples
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
 
 GOOD = [{"question": f"What is {i} + 1?", "answer": f"It is {i + 1}.\n#### {i + 1}"} for i in range(4)]
 

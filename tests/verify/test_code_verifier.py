@@ -14,26 +14,17 @@ import multiprocessing
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
+from conftest import DATA, needs_bwrap, needs_data
 from rlpipe.verify.code import (CodeVerifier, extract_code, fenced_blocks, normalise_output, read_reports,
                                 task_from_gold)
 from rlpipe.verify.judge import WireError, decode, encode
 from rlpipe.verify.sandbox import (DENIED_SYSCALLS, SECCOMP_ARCHES, SandboxLimits, SandboxUnavailable, bwrap_argv,
-                                   find_bwrap, seccomp_filter)
+                                   seccomp_filter)
 from rlpipe.verify.types import VerdictKind
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
-try:
-    find_bwrap()
-    HAVE_BWRAP = True
-except SandboxUnavailable:
-    HAVE_BWRAP = False
-needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap >= 0.8 is not installed")
 WORKERS = max(2, os.cpu_count() or 2)  # one sandbox per core at a time: more only adds timeout risk
 
 # MBPP test-split reference solutions that cannot pass here, with the reason (docs/sandbox.md). None at present:

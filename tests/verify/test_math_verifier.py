@@ -3,15 +3,13 @@ math-verify's own test cases; verdicts for missing answers, unparsable golds, ti
 
 import json
 import threading
-from pathlib import Path
 
 import pytest
 
+from conftest import DATA, needs_data
 from rlpipe.verify.math import MathVerifier
 from rlpipe.verify.types import VerdictKind
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
 
 # Where rlpipe deliberately differs from math-verify's test expectations (docs/verifiers.md explains each).
 KNOWN_DISAGREEMENTS = {

@@ -26,20 +26,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import HAVE_BWRAP, REPO, needs_bwrap
 from rlpipe.verify.code import CodeVerifier
-from rlpipe.verify.sandbox import SandboxUnavailable, find_bwrap
+from rlpipe.verify.sandbox import SandboxUnavailable
 from rlpipe.verify.types import VerdictKind
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT_S, TEST_TIMEOUT_S = 6.0, 2.0
 MAX_PROCESSES, TMPFS_MB = 24, 16
 
-try:
-    find_bwrap()
-    HAVE_BWRAP = True
-except SandboxUnavailable:
-    HAVE_BWRAP = False
-needs_bwrap = pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap >= 0.8 is not installed")
 
 ASSERT_GOLD = {"tests": ["assert f(2) == 4", "assert f(5) == 10"]}
 GOOD_F = "def f(x):\n    return 2 * x\n"
