@@ -102,6 +102,10 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         # A sample needing more tokens than the budget would have been cut off there: correct only if it fits.
         "accuracy_by_budget": {b: float((correct & (lengths <= b)).float().mean()) for b in budgets},
     }
+    # A reference for the head: the policy's own confidence (mean sampled-token logprob), which costs nothing.
+    confidence = torch.tensor([sum(c.logprobs) / max(1, len(c.logprobs)) for c in completions]).view(q, n)
+    result["best_of_n_by_confidence"] = {k: best_of_n(confidence, correct, k) for k in e.best_of if k <= n}
+    result["confidence_auroc_within_question"] = within_question_auroc(confidence, correct)
     if scores is not None:
         s = scores.view(q, n)
         result["best_of_n_by_head"] = {k: best_of_n(s, correct, k) for k in e.best_of if k <= n}
@@ -140,6 +144,10 @@ def format_table(r: dict[str, Any]) -> str:
         lines.append(f"  maj@{k:<4} {100 * v:6.1f}%")
     for k, v in r.get("best_of_n_by_head", {}).items():
         lines.append(f"  best-of-{k:<3} by head {100 * v:6.1f}%")
+    for k, v in r["best_of_n_by_confidence"].items():
+        lines.append(f"  best-of-{k:<3} by policy confidence {100 * v:6.1f}%")
+    lines.append(f"  policy confidence (mean token logprob) AUROC within a question "
+                 f"{r['confidence_auroc_within_question']:.3f}")
     if "head_auroc" in r:
         lines.append(f"  head AUROC (correctness) {r['head_auroc']:.3f} pooled, {r['head_auroc_within_question']:.3f} "
                      f"within a question; head adds {r['head_ms_per_candidate']:.2f} ms per candidate on top of the "
@@ -162,7 +170,10 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     if "best_of_n_by_head" in r:
         ns = list(r["best_of_n_by_head"])
         axes[1].plot(ns, [100 * v for v in r["best_of_n_by_head"].values()], marker="o", label="best-of-N by head")
-        axes[1].set_xscale("log", base=2)
+    ns = list(r["best_of_n_by_confidence"])
+    axes[1].plot(ns, [100 * v for v in r["best_of_n_by_confidence"].values()], marker="s", linestyle=":",
+                 label="best-of-N by policy confidence")
+    axes[1].set_xscale("log", base=2)
     if 1 in r["pass@k"]:
         axes[1].axhline(100 * r["pass@k"][1], color="gray", linestyle="--", label="pass@1")
     for k, v in r["maj@k"].items():

@@ -85,6 +85,17 @@ def within_question_auroc(scores: torch.Tensor, correct: torch.Tensor) -> float:
     Args:
         scores: [Q, n]. correct: [Q, n] bool.
     """
-    per_question = [auroc(scores[q], correct[q]) for q in range(scores.shape[0])]
-    usable = [a for a in per_question if not math.isnan(a)]
+    return grouped_auroc(scores.flatten(), correct.flatten(),
+                         torch.arange(scores.shape[0]).repeat_interleave(scores.shape[1]))
+
+
+def grouped_auroc(scores: torch.Tensor, correct: torch.Tensor, group_index: torch.Tensor) -> float:
+    """``within_question_auroc`` for groups of any size: the mean over groups with both outcomes of the AUROC among
+    that group's candidates; NaN if no group has both.
+
+    Args:
+        scores: [N]. correct: [N] bool. group_index: [N] long, the question of each candidate.
+    """
+    per_group = [auroc(scores[group_index == g], correct[group_index == g]) for g in group_index.unique().tolist()]
+    usable = [a for a in per_group if not math.isnan(a)]
     return sum(usable) / len(usable) if usable else float("nan")

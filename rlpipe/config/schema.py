@@ -259,7 +259,8 @@ class EvalConfig:
     samples_per_prompt: int = _help("`python -m rlpipe.eval`: candidates sampled per held-out prompt.", 32)
     pass_k: list[int] = _help("k of the unbiased pass@k estimates.", default_factory=lambda: [1, 8])
     maj_k: list[int] = _help("k of majority voting (maj@k, groups of k candidates).", default_factory=lambda: [8])
-    best_of: list[int] = _help("N of best-of-N by the score head (groups of N candidates; XBai o4: 2/8/32).",
+    best_of: list[int] = _help("N of best-of-N by the score head and by the policy's confidence (groups of N "
+                               "candidates; XBai o4: 2/8/32).",
                                default_factory=lambda: [2, 8, 32])
     budgets: list[int] = _help("Generation budgets (max response tokens) for accuracy against budget; empty: "
                                "rollout.max_response_tokens only.", default_factory=list)

@@ -18,7 +18,7 @@ import torch
 
 from rlpipe.algos.advantages import compute_advantages
 from rlpipe.algos.kl import kl_estimate, kl_in_reward
-from rlpipe.algos.metrics import auroc
+from rlpipe.algos.metrics import auroc, grouped_auroc
 from rlpipe.algos.shaping import overlong_penalty, zero_variance_group_mask
 from rlpipe.driver.pools import LearnerGroup, RolloutPool, VerifierPool
 from rlpipe.driver.prompts import PromptItem, PromptSource
@@ -140,6 +140,9 @@ class Trainer:
             batch.ref_logprobs = logprobs.get("ref_logprobs")
         if "sprm_scores" in logprobs:  # the head scored these rollouts before training on them: a fair AUROC
             m["sprm/auroc"] = auroc(logprobs["sprm_scores"], rollouts.correct)
+            # among one prompt's samples: what best-of-N needs (a pooled AUROC also rewards knowing hard prompts)
+            m["sprm/auroc_within_prompt"] = grouped_auroc(logprobs["sprm_scores"], rollouts.correct,
+                                                         rollouts.group_index)
         with timed(m, "advantages"):
             rewards = rollouts.rewards
             if self.s.kl_in_reward and batch.ref_logprobs is not None:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k, within_question_auroc
+from rlpipe.algos.metrics import auroc, best_of_n, grouped_auroc, majority_at_k, pass_at_k, within_question_auroc
 
 
 def test_pass_at_k_unbiased_estimator():
@@ -49,3 +49,12 @@ def test_within_question_auroc_ignores_difficulty():
     assert within_question_auroc(scores, correct) == pytest.approx((0.0 + 1.0) / 2)
     assert math.isnan(within_question_auroc(scores[:, :1], correct[:, :1]))
 
+
+
+def test_grouped_auroc_takes_groups_of_any_size_and_skips_one_outcome_groups():
+    # group 0 (3 samples) ranked right, group 1 (2 samples) ranked backwards, group 2 all correct: skipped
+    scores = torch.tensor([0.9, 0.1, 0.2, 0.3, 0.7, 0.5, 0.6])
+    correct = torch.tensor([True, False, False, True, False, True, True])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+    assert grouped_auroc(scores, correct, groups) == pytest.approx((1.0 + 0.0) / 2)
+    assert math.isnan(grouped_auroc(scores[5:], correct[5:], groups[5:]))
