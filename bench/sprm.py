@@ -35,13 +35,11 @@ def main() -> None:
     for name, r in runs.items():
         if r.summary is None:
             sys.exit(f"{name}: {r.error}")
-        # NaN where a step's rollouts were all right or all wrong
-        aurocs = [m["sprm/auroc"] for m in r.steps() if not math.isnan(m.get("sprm/auroc", math.nan))]
         rows.append([name, pct(r.summary["eval_accuracy_initial"]), pct(r.summary["eval_accuracy_final"]),
-                     f"{r.mean('timing/update'):.3f} s",
-                     f"{sum(aurocs[-10:]) / len(aurocs[-10:]):.3f}" if aurocs else "-"])
+                     f"{r.mean('timing/update'):.3f} s", _last10(r, "sprm/auroc"),
+                     _last10(r, "sprm/auroc_within_prompt")])
     training = markdown_table(["run", "initial accuracy", "final accuracy", "update / step",
-                               "head AUROC, last 10 steps (fresh rollouts)"], rows)
+                               "head AUROC, last 10 steps (fresh rollouts)", "same, within a prompt"], rows)
     print(f"\n{args.steps} steps, default job, same seed\n{training}", flush=True)
 
     eval_dir = out / "eval"
@@ -55,11 +53,21 @@ def main() -> None:
         ["metric", "held-out accuracy"],
         [[f"pass@{k}", pct(v)] for k, v in e["pass@k"].items()] + [[f"maj@{k}", pct(v)] for k, v in e["maj@k"].items()]
         + [[f"best-of-{k} by head", pct(v)] for k, v in e["best_of_n_by_head"].items()]
+        + [[f"best-of-{k} by policy confidence", pct(v)] for k, v in e["best_of_n_by_confidence"].items()]
         + [["head AUROC (all candidates)", f"{e['head_auroc']:.3f}"],
+           ["head AUROC within a question", f"{e['head_auroc_within_question']:.3f}"],
+           ["policy confidence AUROC within a question", f"{e['confidence_auroc_within_question']:.3f}"],
            ["head time per candidate", f"{e['head_ms_per_candidate']:.3f} ms"]])
     print(f"\n{e['prompts']} held-out prompts x {e['samples_per_prompt']} samples\n{scaling}")
     if args.out:
         Path(args.out).write_text(training + "\n\n" + scaling + "\n")
+
+
+def _last10(r, key: str) -> str:
+    """Mean of a per-step metric over the last 10 steps where it is defined (NaN when a step's rollouts, or every
+    prompt's, were all right or all wrong)."""
+    values = [m[key] for m in r.steps() if not math.isnan(m.get(key, math.nan))]
+    return f"{sum(values[-10:]) / len(values[-10:]):.3f}" if values else "-"
 
 
 if __name__ == "__main__":

@@ -45,13 +45,16 @@ def candidates(model_path: str, cache: str):
     """(train items: 1024 training-stream questions x 8, test items: the 256 held-out questions x TEST_SAMPLES,
     pad id), sampled at T=1 by vLLM and cached in ``cache``. Test items are grouped by question."""
     if Path(cache).exists():
-        return torch.load(cache, weights_only=False)
+        saved = torch.load(cache, weights_only=False)
+        if saved["model"] != str(Path(model_path).resolve()):
+            raise SystemExit(f"{cache} holds candidates of {saved['model']}, not of {model_path}: pass another --cache")
+        return saved["train"], saved["test"], saved["pad_id"]
     heldout = heldout_set(256)
     stream = TrainStream(seed=99, exclude={q.question for q in heldout})  # never a held-out question
     train, pad_id = _sample(model_path, [stream.next() for _ in range(1024)], 8, 1)
     test, _ = _sample(model_path, heldout, TEST_SAMPLES, 2)
     os.makedirs(Path(cache).parent, exist_ok=True)
-    torch.save((train, test, pad_id), cache)
+    torch.save(dict(model=str(Path(model_path).resolve()), train=train, test=test, pad_id=pad_id), cache)
     return train, test, pad_id
 
 

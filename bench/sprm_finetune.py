@@ -51,7 +51,6 @@ def run_variant(name, base, items_tr, items_te, pad_id, delim, n_test, args):
         model.requires_grad_(False)
     opt = torch.optim.AdamW(groups)
     g = torch.Generator().manual_seed(0)
-    te = batchify(items_te, pad_id, delim)
     c = torch.tensor([x["correct"] for x in items_te]).view(-1, n_test)
 
     def evaluate(step):
