@@ -1,5 +1,5 @@
 """Shared by the score-head diagnostics (bench/sprm_probe.py, bench/sprm_finetune.py): candidates sampled once from
-a trained policy and cached, their true per-step labels, and learner-shaped batches of them."""
+a trained policy and cached, their true per-step labels, learner-shaped batches of them, and the report line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from rlpipe.algos.metrics import auroc, best_of_n, within_question_auroc
 from rlpipe.algos.sprm import step_end_mask
 from rlpipe.tasks.arithmetic import TrainStream, heldout_set
 
@@ -88,3 +89,9 @@ def delimiter_ids(model_path: str) -> list[int]:
 
     tok = AutoTokenizer.from_pretrained(model_path)
     return tok.convert_tokens_to_ids(tok.tokenize("\n\n"))
+
+
+def report(name: str, s: torch.Tensor, c: torch.Tensor) -> str:
+    """One line: pooled and within-question AUROC and best-of-8 of scores s [Q, n] for correctness c [Q, n]."""
+    return (f"{name}: pooled {auroc(s.flatten(), c.flatten()):.3f} within-q {within_question_auroc(s, c):.3f} "
+            f"best-of-8 {best_of_n(s, c, 8):.3f}")

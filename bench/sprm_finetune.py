@@ -18,11 +18,10 @@ import copy
 
 import torch
 
-from rlpipe.algos.metrics import auroc, best_of_n, within_question_auroc
 from rlpipe.algos.sprm import scale_grad, sprm_loss, trajectory_scores
 from rlpipe.learner.score_head import ScoreHead
 
-from sprm_candidates import TEST_SAMPLES, batchify, candidates, delimiter_ids, step_labels
+from sprm_candidates import TEST_SAMPLES, batchify, candidates, delimiter_ids, report, step_labels
 
 
 class BlockHead(torch.nn.Module):
@@ -66,9 +65,7 @@ def run_variant(name, base, items_tr, items_te, pad_id, delim, n_test, args):
         s = torch.cat(scores).view(-1, n_test)
         model.train()
         head.train()
-        print(f"  {name} step {step}: pooled {auroc(s.flatten(), c.flatten()):.3f} within-q "
-              f"{within_question_auroc(s, c):.3f} best-of-8 {best_of_n(s, c, 8):.3f} "
-              f"(pass@1 {c.float().mean():.3f})", flush=True)
+        print(f"  {report(f'{name} step {step}', s, c)} (pass@1 {c.float().mean():.3f})", flush=True)
 
     for step in range(1, args.steps + 1):
         idx = torch.randperm(len(items_tr), generator=g)[:args.batch].tolist()

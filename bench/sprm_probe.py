@@ -15,11 +15,11 @@ import argparse
 
 import torch
 
-from rlpipe.algos.metrics import auroc, best_of_n, within_question_auroc
+from rlpipe.algos.metrics import auroc
 from rlpipe.algos.sprm import sprm_loss, trajectory_scores
 from rlpipe.learner.score_head import ScoreHead
 
-from sprm_candidates import TEST_SAMPLES, batchify, candidates, delimiter_ids, step_labels, step_truth
+from sprm_candidates import TEST_SAMPLES, batchify, candidates, delimiter_ids, report, step_labels, step_truth
 
 MAX_STEPS = 16  # the default task has 2-3 worked steps; a rambling candidate may have a few more
 
@@ -57,11 +57,6 @@ def fit(x, mask, loss_fn, steps, lr, dropout):
         loss.backward()
         opt.step()
     return head.eval()
-
-
-def report(name, s, c):
-    return (f"{name}: pooled {auroc(s.flatten(), c.flatten()):.3f} within-q {within_question_auroc(s, c):.3f} "
-            f"best-of-8 {best_of_n(s, c, 8):.3f}")
 
 
 def main() -> None:

@@ -103,12 +103,15 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         "accuracy_by_budget": {b: float((correct & (lengths <= b)).float().mean()) for b in budgets},
     }
     # A reference for the head: the policy's own confidence (mean sampled-token logprob), which costs nothing.
+    def best_of_n_by(score: torch.Tensor) -> dict[int, float]:
+        return {k: best_of_n(score, correct, k) for k in e.best_of if k <= n}
+
     confidence = torch.tensor([sum(c.logprobs) / max(1, len(c.logprobs)) for c in completions]).view(q, n)
-    result["best_of_n_by_confidence"] = {k: best_of_n(confidence, correct, k) for k in e.best_of if k <= n}
+    result["best_of_n_by_confidence"] = best_of_n_by(confidence)
     result["confidence_auroc_within_question"] = within_question_auroc(confidence, correct)
     if scores is not None:
         s = scores.view(q, n)
-        result["best_of_n_by_head"] = {k: best_of_n(s, correct, k) for k in e.best_of if k <= n}
+        result["best_of_n_by_head"] = best_of_n_by(s)
         result["head_auroc"] = auroc(scores, correct.flatten())
         result["head_auroc_within_question"] = within_question_auroc(s, correct)
         result["head_ms_per_candidate"] = 1000 * head_seconds / len(completions)

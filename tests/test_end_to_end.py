@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, needs_data
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 
@@ -97,7 +97,7 @@ def test_offline_prepass_table_is_consumed_by_training_with_dynamic_sampling(tmp
 
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
+@needs_data
 def test_math_verifier_on_a_data_set_file(tmp_path):
     """GSM8K rows through the math verifier, in local mode: the tiny model cannot solve them (reward 0 is expected);
     the point is the path: file loading (too-long prompts skipped and quarantined), math-verify scoring, training."""
@@ -112,7 +112,7 @@ def test_math_verifier_on_a_data_set_file(tmp_path):
     assert quarantined and {q["reason"] for q in quarantined} == {"prompt_too_long"}
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} (the shared public data sets) is absent")
+@needs_data
 def test_code_verifier_on_a_code_data_set(tmp_path):
     """MBPP rows through the sandboxed code verifier: the tiny model writes no working Python (reward 0 expected);
     the point is the path, and that no sample is an infrastructure error (the sandbox started every time)."""

@@ -50,7 +50,6 @@ def test_within_question_auroc_ignores_difficulty():
     assert math.isnan(within_question_auroc(scores[:, :1], correct[:, :1]))
 
 
-
 def test_grouped_auroc_takes_groups_of_any_size_and_skips_one_outcome_groups():
     # group 0 (3 samples) ranked right, group 1 (2 samples) ranked backwards, group 2 all correct: skipped
     scores = torch.tensor([0.9, 0.1, 0.2, 0.3, 0.7, 0.5, 0.6])

@@ -10,7 +10,6 @@ import pytest
 from conftest import DATA, needs_data
 from rlpipe.tasks.datasets import DataError, load_examples
 
-
 GOOD = [{"question": f"What is {i} + 1?", "answer": f"It is {i + 1}.\n#### {i + 1}"} for i in range(4)]
 
 

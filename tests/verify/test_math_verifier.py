@@ -10,7 +10,6 @@ from conftest import DATA, needs_data
 from rlpipe.verify.math import MathVerifier
 from rlpipe.verify.types import VerdictKind
 
-
 # Where rlpipe deliberately differs from math-verify's test expectations (docs/verifiers.md explains each).
 KNOWN_DISAGREEMENTS = {
     ("1,22", "1.22"),  # a comma outside a thousands grouping is a list separator for us (MATH writes "-2,1")

@@ -34,7 +34,6 @@ from rlpipe.verify.types import VerdictKind
 TIMEOUT_S, TEST_TIMEOUT_S = 6.0, 2.0
 MAX_PROCESSES, TMPFS_MB = 24, 16
 
-
 ASSERT_GOLD = {"tests": ["assert f(2) == 4", "assert f(5) == 10"]}
 GOOD_F = "def f(x):\n    return 2 * x\n"
 PROBE_GOLD = {"stdin": [""], "expected_stdout": ["ESCAPED"]}
