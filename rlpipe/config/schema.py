@@ -26,7 +26,8 @@ def _help(text: str, default: Any = MISSING, **kwargs: Any) -> Any:
 
 @dataclass
 class TinyModelConfig:
-    size: str = _help("Preset of the tiny offline Qwen2 model: 'tiny' (default job) or 'micro' (tests).", "tiny")
+    size: str = _help("Preset of the offline Qwen2 model (rlpipe/models/tiny.py): 'tiny' (default job), 'small', "
+                      "'medium' (~17M parameters, the generation-heavy benchmark) or 'micro' (tests).", "tiny")
     warmstart_steps: int = _help("Supervised warm-start optimizer steps on teacher traces (0 = random init).", 1500)
     warmstart_lr: float = _help("Warm-start AdamW peak learning rate.", 3e-3)
     warmstart_batch_size: int = _help("Warm-start sequences per optimizer step.", 32)

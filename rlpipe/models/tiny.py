@@ -22,6 +22,9 @@ SIZES = {
                  num_key_value_heads=2),
     "small": dict(hidden_size=256, intermediate_size=704, num_hidden_layers=4, num_attention_heads=4,
                   num_key_value_heads=2),
+    # ~17M parameters: the generation-heavy benchmark (bench/peers/), where decoding, not per-step overhead, dominates.
+    "medium": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=6, num_attention_heads=8,
+                   num_key_value_heads=2),
     # For tests: builds in a second; same architecture. (vLLM's CPU attention needs head_dim >= 32.)
     "micro": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                   num_key_value_heads=1),
