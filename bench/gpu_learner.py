@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rlpipe.learner.batch import build_batch, split_even  # noqa: E402
+from rlpipe.learner.batch import SampleShard  # noqa: E402
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings  # noqa: E402
-from rlpipe.learner.worker import LearnerWorker, OptimizerSettings, free_port_address  # noqa: E402
+from rlpipe.learner.rank import LearnerRank, OptimizerSettings, free_port_address  # noqa: E402
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936)
@@ -54,24 +54,38 @@ def build_model(out: Path, shape: dict, tokenizer_vocab: int = 512) -> Path:
 
 
 def make_worker(model_path: Path, dtype: str, micro: int, lr: float, backend: str = "fsdp2",
-                zero_stage: int = 2) -> LearnerWorker:
+                zero_stage: int = 2) -> LearnerRank:
     addr, port = free_port_address()
-    return LearnerWorker(
+    objective = ObjectiveSettings(policy_loss="ppo_clip", clip_low=0.2, clip_high=0.2, dual_clip=None,
+                                  loss_aggregation="token_mean", loss_constant=None, kl_coef=0.001, kl_estimator="k3",
+                                  kl_level="token", kl_in_loss=True, entropy_coef=0.0, temperature=1.0)
+    return LearnerRank(
         rank=0, world_size=1, master_addr=addr, master_port=port, model_path=str(model_path), backend=backend,
-        optimizer=OptimizerSettings(lr=lr), objective=ObjectiveSettings(kl_coef=0.001), micro_batch_samples=micro,
-        with_reference=True, seed=0, dtype=dtype,
-        backend_options={"zero_stage": zero_stage} if backend == "deepspeed" else {})
+        optimizer=OptimizerSettings(lr=lr, betas=(0.9, 0.999), weight_decay=0.0, max_grad_norm=1.0),
+        objective=objective, micro_batch_samples=micro, with_reference=True, seed=0, dtype=dtype,
+        backend_options={"zero_stage": zero_stage} if backend == "deepspeed" else {}, dist_timeout_s=600.0,
+        old_logprobs="recompute")
 
 
-def synthetic_batch(n: int, prompt: int, response: int, vocab: int, seed: int = 0):
+def samples(prompts, responses, logprobs, minibatches: int = 1) -> SampleShard:
+    n = len(responses)
+    return SampleShard.build(prompts=prompts, prompt_index=list(range(n)), responses=responses, logprobs=logprobs,
+                             loss_mask=[True] * n, minibatch=[i * minibatches // n for i in range(n)],
+                             outcome=[0.0] * n, format_ok=[True] * n)
+
+
+def counts_of(shard: SampleShard) -> list[GlobalCounts]:
+    return [GlobalCounts.of_lengths(shard.response_lengths[shard.minibatch == mb], shard.loss_mask[shard.minibatch == mb],
+                                    1) for mb in range(shard.num_minibatches())]
+
+
+def synthetic_batch(n: int, prompt: int, response: int, vocab: int, minibatches: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(3, vocab, (prompt,), generator=g).tolist() for _ in range(n)]
     # Ragged responses, as in RL: lengths spread between a quarter and all of the maximum.
     lengths = torch.randint(response // 4, response + 1, (n,), generator=g).tolist()
     responses = [torch.randint(3, vocab, (k,), generator=g).tolist() for k in lengths]
-    batch = build_batch(prompts, responses, [[0.0] * k for k in lengths], pad_id=0)
-    batch.advantages = torch.randn(n, generator=g)
-    return batch
+    return samples(prompts, responses, [[0.0] * k for k in lengths], minibatches), torch.randn(n, generator=g)
 
 
 def _sync() -> None:
@@ -102,8 +116,9 @@ def throughput(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model = build_model(Path(tmp), shape)
         worker = make_worker(model, "bfloat16", args.micro, lr=1e-6, backend=args.backend, zero_stage=args.zero_stage)
-    batch = synthetic_batch(args.samples, args.prompt, args.response, vocab=512)
-    tokens = int(batch.response_mask.sum())
+    batch, advantages = synthetic_batch(args.samples, args.prompt, args.response, vocab=512,
+                                        minibatches=args.minibatches)
+    tokens = int(batch.response_lengths.sum())
     result = {"gpu": device_name(), "torch": torch.__version__, "backend": _backend_name(args), "model": "Qwen2, Qwen2.5-0.5B shape" if not args.dry_run else "toy",
               "params": sum(p.numel() for p in worker.backend.module.parameters()), "samples": args.samples,
               "prompt_tokens": args.prompt, "max_response_tokens": args.response, "response_tokens": tokens,
@@ -111,11 +126,8 @@ def throughput(args) -> dict:
     for rep in range(2):  # the first repetition pays cuBLAS/allocator warm-up; the second is reported
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        lp, t_lp = timed(lambda: worker.compute_logprobs(batch))
-        batch.old_logprobs, batch.ref_logprobs = lp["old_logprobs"], lp["ref_logprobs"]
-        parts = split_even(batch, args.minibatches)
-        mbs = [(b, GlobalCounts.of(b.response_mask, 1)) for b in parts]
-        metrics, t_up = timed(lambda: worker.update(mbs))
+        _, t_lp = timed(lambda: worker.prepare(batch))
+        metrics, t_up = timed(lambda: worker.update(advantages, counts_of(batch)))
         state, t_export = timed(worker.export_weights)
         result.update({"logprobs_s": round(t_lp, 3), "update_s": round(t_up, 3), "export_s": round(t_export, 3),
                        "logprob_tokens_per_s": round(2 * tokens / t_lp), "update_tokens_per_s": round(tokens / t_up),
@@ -137,23 +149,21 @@ def parity(args) -> dict:
     # A large step, so a stale engine would be caught.
     worker = make_worker(model, "float32", micro=16, lr=1e-2, backend=args.backend, zero_stage=args.zero_stage)
     engine = HFEngine(str(model))
-    sampling = SamplingSettings(temperature=1.0, max_response_tokens=48)
+    sampling = SamplingSettings(temperature=1.0, top_p=1.0, max_response_tokens=48)
     tok = engine.tokenizer
     prompts = [tok(f"{a} + {b} =")["input_ids"] for a, b in [(12, 7), (30, 4), (25, 9), (18, 3)]]
     reqs = [GenerationRequest(f"p{i}", tuple(p), 4, seed=i) for i, p in enumerate(prompts)]
 
     def learner_vs_engine() -> float:
         comps = engine.generate(reqs, sampling)
-        batch = build_batch([prompts[int(c.request_id[1:])] for c in comps], [c.response_ids for c in comps],
-                            [c.logprobs for c in comps], pad_id=engine.pad_id)
-        lp = worker.compute_logprobs(batch)["old_logprobs"]
-        return float(((lp - batch.rollout_logprobs).abs() * batch.response_mask).max()), batch
+        batch = samples([prompts[int(c.request_id[1:])] for c in comps], [c.response_ids for c in comps],
+                        [c.logprobs for c in comps])
+        lp = worker.response_logprobs(batch)
+        return float((lp - batch.rollout_logprobs).abs().max()), batch
 
     before, batch = learner_vs_engine()
-    lp = worker.compute_logprobs(batch)
-    batch.old_logprobs, batch.ref_logprobs = lp["old_logprobs"], lp["ref_logprobs"]
-    batch.advantages = torch.linspace(-1, 1, batch.num_samples)
-    worker.update([(batch, GlobalCounts.of(batch.response_mask, 1))])
+    worker.prepare(batch)
+    worker.update(torch.linspace(-1, 1, batch.num_samples), counts_of(batch))
     stale, _ = learner_vs_engine()  # the engine still has the old weights
     engine.load_weights(worker.export_weights())
     after, _ = learner_vs_engine()

@@ -28,41 +28,29 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
 
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
+    from rlpipe.config.compose import load_config
+    from rlpipe.driver import build
+    from rlpipe.driver.inputs import load_prompts
+    from rlpipe.driver.session import LearnerSpec, Session
 
-    from rlpipe.config.schema import register_configs
-    from rlpipe.driver import build, cluster
-    from rlpipe.driver.prompts import build_prompts, chat_tokenizer
-    from rlpipe.driver.run import make_trainer
-
-    register_configs()
-    conf_dir = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "conf")
-    with initialize_config_dir(config_dir=os.path.abspath(conf_dir), version_base="1.3"):
-        dcfg = compose("config", overrides=[f"data.prompts_per_step={args.prompts}",
-                                            f"rollout.samples_per_prompt={args.samples}",
-                                            f"rollout.max_response_tokens={args.max_tokens}"])
-    cfg = OmegaConf.to_object(dcfg)
+    cfg = load_config([f"data.prompts_per_step={args.prompts}", f"rollout.samples_per_prompt={args.samples}",
+                       f"rollout.max_response_tokens={args.max_tokens}"])
     model_path = build.model_dir(cfg)
-    tokenize, tokenizer = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
-    prompts, _ = build_prompts(cfg.data)
+    tokenize, prompts, _ = load_prompts(cfg, model_path)
 
     per_step = []
-    with cluster.ray_session(None, build.actors_needed(cfg)):
-        roles = build.build_roles(cfg, model_path, cfg.data.max_prompt_tokens + args.max_tokens)
-        trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
+    with Session(cfg, model_path, learner=LearnerSpec.of(cfg, model_path)) as session:
+        trainer = session.trainer(prompts, tokenize)
         trainer.step(0)  # warm-up: first-call costs (vLLM lazy init, allocator) are not steady state
         for step in range(1, args.steps + 1):
             per_step.append(trainer.step(step))
-        roles.shutdown()
 
-    phases = sorted({k for m in per_step for k in m if k.startswith("timing/")})
+    phases = sorted({k for m in per_step for k in m if k.startswith("timing/") and k != "timing/step"})
     print(f"\npipeline: {args.steps} steps, {args.prompts} prompts x {args.samples} samples, "
           f"<= {args.max_tokens} tokens (median per step)")
     for k in phases:
         print(f"  {k:<24} {statistics.median(m[k] for m in per_step):7.3f} s")
-    step_total = [sum(v for k, v in m.items() if k.startswith("timing/")) for m in per_step]
-    print(f"  {'step total':<24} {statistics.median(step_total):7.3f} s")
+    print(f"  {'step (wall clock)':<24} {statistics.median(m['timing/step'] for m in per_step):7.3f} s")
     gen_tps = [m["rollout/generated_tokens"] / m["timing/generate"] for m in per_step]
     print(f"  rollout phase: {statistics.median(gen_tps):,.0f} generated tokens/s (through the Ray actor)")
 

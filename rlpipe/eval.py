@@ -1,11 +1,11 @@
-"""``python -m rlpipe.eval [hydra overrides]``: test-time scaling of a trained policy on the held-out set.
+"""``rlpipe eval [hydra overrides]`` (also ``python -m rlpipe.eval``): test-time scaling of a trained policy on the held-out set.
 
 Samples ``eval.samples_per_prompt`` candidates per held-out prompt through the rollout workers, scores them with the
 verifiers, and reports pass@k (unbiased), maj@k, best-of-N by the policy's score head (XBai o4's SPRM, if the model
 directory has ``score_head.pt``), the head's AUROC for correctness, and accuracy against the generation budget.
 Writes ``eval.json`` and ``eval.png`` to ``eval.output_dir`` and prints a table.
 
-    python -m rlpipe.eval model.path=outputs/run/final_model eval.samples_per_prompt=32 'eval.budgets=[16,32,64]'
+    rlpipe eval model.path=outputs/run/final_model eval.samples_per_prompt=32 'eval.budgets=[16,32,64]'
 """
 
 from __future__ import annotations
@@ -17,81 +17,62 @@ set_process_defaults()  # before torch / ray / vllm are imported
 import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Optional  # noqa: E402
 
-import hydra  # noqa: E402
 import torch  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from rlpipe.config.schema import Config, register_configs  # noqa: E402
+from rlpipe.config.compose import hydra_command  # noqa: E402
+from rlpipe.config.schema import Config  # noqa: E402
 from rlpipe.verify.types import Verdict, VerdictKind  # noqa: E402
 
 log = logging.getLogger("rlpipe")
-register_configs()
-
-
-def saved_score_head(model_path: str):
-    """(ScoreHeadSettings, weights path) saved beside a model by training with model.score_head.enabled, or None."""
-    settings_file = Path(model_path) / "score_head.json"
-    if not settings_file.exists():
-        return None
-    from rlpipe.learner.score_head import ScoreHeadSettings
-
-    raw = json.loads(settings_file.read_text())
-    raw["delimiter_ids"] = tuple(raw["delimiter_ids"])
-    return ScoreHeadSettings(**raw), str(Path(model_path) / "score_head.pt")
 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
     from dataclasses import replace
 
     from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k, within_question_auroc
-    from rlpipe.driver import build, cluster
-    from rlpipe.driver.prompts import build_prompts, chat_length, chat_tokenizer
-    from rlpipe.learner.batch import build_batch
-    from rlpipe.rollout.types import GenerationRequest
+    from rlpipe.driver import build
+    from rlpipe.driver.collect import Rollouts
+    from rlpipe.driver.inputs import check_model_dir, load_prompts
+    from rlpipe.driver.prompts import make_requests
+    from rlpipe.driver.session import LearnerSpec, Session
+    from rlpipe.learner.score_head import saved_score_head
 
     e = cfg.eval
     start = time.time()
-    model_path = build.model_dir(cfg)
-    tokenize, tokenizer = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
-    _, heldout = build_prompts(cfg.data, chat_length(tokenizer))
+    model_path = check_model_dir(build.model_dir(cfg), "model.path")
+    tokenize, _, heldout = load_prompts(cfg, model_path)
     budgets = sorted(set(e.budgets)) or [cfg.rollout.max_response_tokens]
     max_tokens = max(budgets)
     n = e.samples_per_prompt
     head = saved_score_head(model_path)
-    # One learner rank, no reference: it only scores candidates with the head.
-    cfg.learner.num_workers, cfg.algorithm.kl_coef = 1, 0.0
-    session = (cluster.ray_session(cfg.cluster.address, build.actors_needed(cfg))
-               if cfg.cluster.mode == "ray" else nullcontext())
-    with session:
-        # The learner first: in local mode an in-process vLLM engine joins the process group the learner creates.
-        learner = build.build_learner(cfg, model_path, score_head=head[0]) if head is not None else None
-        rollout = build.build_rollout(cfg, model_path, cfg.data.max_prompt_tokens + max_tokens)
-        verifiers = build.build_verifiers(cfg)
-        requests = [GenerationRequest(p.uid, tuple(tokenize(p)), n, 10_000 + i) for i, p in enumerate(heldout)]
+    # One learner rank, no reference: it only scores candidates with the head saved beside the model.
+    learner = LearnerSpec(num_ranks=1, with_reference=False, heads=[("sprm", head)]) if head is not None else None
+    with Session(cfg, model_path, learner=learner, max_response_tokens=max_tokens) as session:
+        requests = make_requests(heldout, tokenize, n, cfg.trainer.seed, "eval")
         gen_start = time.time()
         # Per-request seeds: a smaller budget would have produced a prefix of the same sample, so one generation at
         # the largest budget serves every budget (a sample longer than a budget counts as unfinished there).
-        completions = rollout.generate(requests, replace(build.sampling_settings(cfg), max_response_tokens=max_tokens))
+        completions = session.rollout.generate(requests, replace(build.sampling_settings(cfg),
+                                                                 max_response_tokens=max_tokens))
         gen_seconds = time.time() - gen_start
         gold = {p.uid: p.gold for p in heldout}
-        verdicts, counts = verifiers.score([(c.text, gold[c.request_id]) for c in completions])
+        verdicts, counts = session.verifiers.score([(c.text, gold[c.request_id]) for c in completions])
+        correct_flat = torch.tensor([v is not None and v.kind == VerdictKind.CORRECT for v in verdicts])
         scores, head_seconds = None, None
-        if learner is not None:
-            learner.group.call("load_score_head", [(head[1],)])
-            prompt_ids = {r.request_id: list(r.prompt_ids) for r in requests}
-            batch = build_batch([prompt_ids[c.request_id] for c in completions], [c.response_ids for c in completions],
-                                [c.logprobs for c in completions], tokenizer.pad_token_id)
-            out = learner.compute_logprobs(batch)
-            scores, head_seconds = out["sprm_scores"], float(out["sprm_head_seconds"].sum())
-        for group in (rollout.group, verifiers.group, *([learner.group] if learner else [])):
-            group.shutdown()  # rollout before learner: a local engine uses the learner's process group
+        if session.learner is not None:
+            session.learner.load_head_exports(model_path)
+            group = {p.uid: i for i, p in enumerate(heldout)}
+            candidates = Rollouts(list(heldout), requests, completions, torch.zeros(len(completions)), correct_flat,
+                                  torch.tensor([group[c.request_id] for c in completions]),
+                                  torch.tensor([v is not None and v.kind == VerdictKind.PARSE_FAIL for v in verdicts]))
+            out = session.learner.prepare(candidates, torch.ones(len(completions), dtype=torch.bool))
+            scores, head_seconds = out["sprm_scores"], float(out["head_seconds"].sum())
 
     q = len(heldout)
-    correct = torch.tensor([v is not None and v.kind == VerdictKind.CORRECT for v in verdicts]).view(q, n)
+    correct = correct_flat.view(q, n)
     lengths = torch.tensor([len(c.response_ids) for c in completions]).view(q, n)
     answers = [[_answer(v) for v in verdicts[i * n:(i + 1) * n]] for i in range(q)]
     result: dict[str, Any] = {
@@ -188,13 +169,7 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
-    from rlpipe.config.validate import validated_or_exit
-
-    cfg = validated_or_exit(OmegaConf.to_object(dcfg), "rlpipe.eval", lambda c: (
-        ["eval.samples_per_prompt must be >= 1"] if c.eval.samples_per_prompt < 1 else []))
-    evaluate(cfg)
+main = hydra_command("rlpipe eval", lambda cfg, resolved: evaluate(cfg))
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""``python -m rlpipe.filter [hydra overrides]``: the offline difficulty pre-pass.
+"""``rlpipe filter [hydra overrides]`` (also ``python -m rlpipe.filter``): the offline difficulty pre-pass.
 
 Samples ``prepass.samples_per_prompt`` responses for every prompt of the training pool (``data.pool_size``) with the
 policy (``model.*``) through the same rollout and verifier workers as training, and writes a pass-rate table
@@ -6,7 +6,7 @@ policy (``model.*``) through the same rollout and verifier workers as training, 
 ``data.pass_rate_table=PATH data.pass_rate_min=... data.pass_rate_max=...``, e.g. EXAONE's "drop prompts whose 8
 samples were all correct" is ``data.pass_rate_max=0.99``.
 
-    python -m rlpipe.filter data.pool_size=2048 prepass.samples_per_prompt=8 prepass.output=pass_rates.jsonl
+    rlpipe filter data.pool_size=2048 prepass.samples_per_prompt=8 prepass.output=pass_rates.jsonl
 """
 
 from __future__ import annotations
@@ -19,40 +19,31 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
-from contextlib import nullcontext  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from rlpipe.config.schema import Config, register_configs  # noqa: E402
+from rlpipe.config.compose import hydra_command  # noqa: E402
+from rlpipe.config.schema import Config  # noqa: E402
 
 log = logging.getLogger("rlpipe")
-register_configs()
 
 
 def pass_rate_table(cfg: Config) -> dict:
-    from rlpipe.driver import build, cluster
-    from rlpipe.driver.prompts import chat_length, chat_tokenizer, prompt_pool
-    from rlpipe.rollout.types import GenerationRequest
+    from rlpipe.driver import build
+    from rlpipe.driver.inputs import check_model_dir
+    from rlpipe.driver.prompts import chat_length, chat_tokenizer, make_requests, prompt_pool
+    from rlpipe.driver.session import Session
     from rlpipe.verify.types import VerdictKind
 
     start = time.time()
-    model_path = build.model_dir(cfg)
+    model_path = check_model_dir(build.model_dir(cfg), "model.path")
     tokenize, tokenizer = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
     pool, _ = prompt_pool(cfg.data, chat_length(tokenizer))  # the pool training will draw from (held-out excluded)
     k = cfg.prepass.samples_per_prompt
-    session = (cluster.ray_session(cfg.cluster.address, cfg.rollout.num_engines + cfg.verifier.num_workers)
-               if cfg.cluster.mode == "ray" else nullcontext())
-    with session:
-        rollout = build.build_rollout(cfg, model_path, cfg.data.max_prompt_tokens + cfg.rollout.max_response_tokens)
-        verifiers = build.build_verifiers(cfg)
-        requests = [GenerationRequest(p.uid, tuple(tokenize(p)), k, i) for i, p in enumerate(pool)]
-        completions = rollout.generate(requests, build.sampling_settings(cfg))
+    with Session(cfg, model_path) as session:
+        requests = make_requests(pool, tokenize, k, cfg.trainer.seed, "prepass")
+        completions = session.rollout.generate(requests, build.sampling_settings(cfg))
         by_uid = {p.uid: p for p in pool}
-        verdicts, counts = verifiers.score([(c.text, by_uid[c.request_id].gold) for c in completions])
-        rollout.group.shutdown()
-        verifiers.group.shutdown()
+        verdicts, counts = session.verifiers.score([(c.text, by_uid[c.request_id].gold) for c in completions])
     correct, scored = Counter(), Counter()
     for c, v in zip(completions, verdicts):
         if v is not None:  # infrastructure failures are not evidence about difficulty
@@ -81,16 +72,12 @@ def pass_rate_table(cfg: Config) -> dict:
     return summary
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
-    from rlpipe.config.validate import validated_or_exit
+def prepass_checks(cfg: Config) -> list[str]:
+    fixed_pool = cfg.data.pool_size > 0 or cfg.data.task == "file"
+    return [] if fixed_pool else ["the pre-pass scores a fixed pool: set data.pool_size > 0 (or use a data file)"]
 
-    def prepass_checks(c: Config) -> list[str]:
-        fixed_pool = c.data.pool_size > 0 or c.data.task == "file"
-        errors = [] if fixed_pool else ["the pre-pass scores a fixed pool: set data.pool_size > 0 (or use a data file)"]
-        return errors + ([] if c.prepass.samples_per_prompt >= 1 else ["prepass.samples_per_prompt must be >= 1"])
 
-    pass_rate_table(validated_or_exit(OmegaConf.to_object(dcfg), "rlpipe.filter", prepass_checks))
+main = hydra_command("rlpipe filter", lambda cfg, resolved: pass_rate_table(cfg), prepass_checks)
 
 if __name__ == "__main__":
     main()

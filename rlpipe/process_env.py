@@ -2,6 +2,9 @@
 time). A value already in the environment wins."""
 
 import os
+import time
+
+STARTED_AT = time.time()  # the command's start: start-up time and time/elapsed_s count from here
 
 DEFAULTS = {
     "OMP_NUM_THREADS": "1",  # torch's default thread count on shared cores made steps 5-80x slower

@@ -39,3 +39,13 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(sorted(self._items))
+
+
+def import_object(path: str):
+    """'package.module:attr' -> the attribute (a user's own class named in config, or a role's factory)."""
+    import importlib
+
+    module, sep, attr = path.partition(":")
+    if not sep or not module or not attr:
+        raise ValueError(f"{path!r} is not of the form 'package.module:attribute'")
+    return getattr(importlib.import_module(module), attr)

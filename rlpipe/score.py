@@ -27,9 +27,9 @@ _verifier = None  # one per worker process
 
 def _init_worker(name: str, options: dict[str, Any]) -> None:
     global _verifier
-    from rlpipe.verify.worker import VerifierWorker
+    from rlpipe.verify.batch_scorer import BatchVerifier
 
-    _verifier = VerifierWorker(name, options)
+    _verifier = BatchVerifier(name, options)
 
 
 def _score_chunk(items: list[tuple[str, dict]]) -> list[dict]:

@@ -1,8 +1,9 @@
-"""``python -m rlpipe.train [hydra overrides]`` (also the ``rlpipe`` console script): one RL training run.
+"""``rlpipe train [hydra overrides]`` (also ``python -m rlpipe.train``): one RL training run.
 
-    python -m rlpipe.train                                   # the default job: tiny model, arithmetic, GRPO
-    python -m rlpipe.train algorithm=dapo rollout.samples_per_prompt=16 trainer.total_steps=200
-    python -m rlpipe.train cluster=local                     # everything in this process (debugging)
+    rlpipe train                                   # the default job: tiny model, arithmetic, GRPO
+    rlpipe train algorithm=dapo rollout.samples_per_prompt=16 trainer.total_steps=200
+    rlpipe train cluster=local                     # everything in this process (debugging)
+    rlpipe train --config-dir examples/dapo-math --config-name dapo_math   # an example's config
 """
 
 from __future__ import annotations
@@ -11,31 +12,16 @@ from rlpipe.process_env import set_process_defaults
 
 set_process_defaults()  # before torch / ray / vllm are imported
 
-import logging  # noqa: E402
-import sys  # noqa: E402
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from rlpipe.config.schema import Config, register_configs  # noqa: E402
-
-log = logging.getLogger("rlpipe")
-register_configs()
+from rlpipe.config.compose import hydra_command  # noqa: E402
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(dcfg: DictConfig) -> None:
-    from rlpipe.config.validate import validated_or_exit
+def train(cfg, resolved_config: dict) -> None:
+    from rlpipe.driver.run import run
 
-    cfg: Config = validated_or_exit(OmegaConf.to_object(dcfg), "rlpipe")  # typed dataclasses from here on
-    from rlpipe.driver.run import RunAborted, run
+    run(cfg, resolved_config=resolved_config)
 
-    try:
-        run(cfg, resolved_config=OmegaConf.to_container(dcfg, resolve=True))
-    except RunAborted as e:
-        print(f"rlpipe: run aborted: {e}", file=sys.stderr, flush=True)
-        sys.exit(3)
 
+main = hydra_command("rlpipe train", train)
 
 if __name__ == "__main__":
     main()

@@ -14,12 +14,13 @@ Shape letters: N = samples in the flat batch (prompts x samples per prompt), T =
 from rlpipe.algos.advantages import ADVANTAGE_ESTIMATORS, compute_advantages, group_stats
 from rlpipe.algos.aggregation import AGGREGATIONS, aggregate_loss
 from rlpipe.algos.entropy import entropy_from_logits
-from rlpipe.algos.kl import kl_estimate, kl_in_reward, kl_loss
+from rlpipe.algos.kl import KL_ESTIMATORS, kl_estimate, kl_in_reward, kl_loss, sequence_kl
 from rlpipe.algos.policy_loss import POLICY_LOSSES, compute_policy_loss
 from rlpipe.algos.shaping import overlong_penalty, truncated_mask, zero_variance_group_mask
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS", "AGGREGATIONS", "POLICY_LOSSES", "aggregate_loss", "compute_advantages",
-    "compute_policy_loss", "entropy_from_logits", "group_stats", "kl_estimate", "kl_in_reward", "kl_loss",
+    "compute_policy_loss", "entropy_from_logits", "group_stats", "KL_ESTIMATORS", "kl_estimate", "kl_in_reward", "kl_loss",
+    "sequence_kl",
     "overlong_penalty", "truncated_mask", "zero_variance_group_mask",
 ]

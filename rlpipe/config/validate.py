@@ -1,76 +1,96 @@
-"""Checks that need more than a type: run once, before Ray or any actor starts. Errors name the field."""
+"""Checks that need more than a type: run once, before Ray or any actor starts. Every problem is listed at once,
+each naming its field; valid names come from the registries the code itself uses.
+
+The config is frozen after validation (``Config.freeze``): nothing downstream changes it.
+"""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Callable
+from typing import Iterable
 
 from rlpipe.config.schema import Config
+from rlpipe.errors import ConfigError
+
+LOCAL_ROLES_HINT = "`cluster=local` selects it"
 
 
-class ConfigError(ValueError):
-    pass
-
-
-def _choice(field: str, value: str, valid) -> list[str]:
+def _choice(field: str, value, valid: Iterable) -> list[str]:
     valid = sorted(valid)
     return [] if value in valid else [f"{field}={value!r} is not one of {valid}"]
 
 
-def _positive(field: str, value: float) -> list[str]:
-    return [] if value > 0 else [f"{field} must be > 0 (got {value})"]
+def _at_least(field: str, value, low, *, strict: bool = False) -> list[str]:
+    ok = value > low if strict else value >= low
+    return [] if ok else [f"{field} must be {'>' if strict else '>='} {low} (got {value})"]
+
+
+def _in_range(field: str, value, low, high, *, high_open: bool = False) -> list[str]:
+    ok = low <= value < high if high_open else low <= value <= high
+    return [] if ok else [f"{field} must be in [{low}, {high}{')' if high_open else ']'} (got {value})"]
+
+
+def _existing(field: str, path, *, directory: bool = False) -> list[str]:
+    if path is None:
+        return []
+    p = Path(path)
+    if directory and not p.is_dir():
+        return [f"{field}={path}: no such directory"]
+    if not directory and not p.exists():
+        return [f"{field}={path} does not exist"]
+    return []
 
 
 def validate(cfg: Config) -> None:
-    from rlpipe.algos.advantages import ADVANTAGE_ESTIMATORS
-    from rlpipe.algos.policy_loss import POLICY_LOSSES
+    errors = (_model(cfg) + _data(cfg) + _algorithm(cfg) + _rollout(cfg) + _learner(cfg) + _verifier(cfg)
+              + _cluster(cfg) + _logger(cfg) + _trainer(cfg) + _evaluation(cfg))
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
-    a, r, lr, t, c = cfg.algorithm, cfg.rollout, cfg.learner, cfg.trainer, cfg.cluster
-    errors: list[str] = []
-    errors += _choice("algorithm.advantage", a.advantage, ADVANTAGE_ESTIMATORS.names())
-    errors += _choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
-    errors += _choice("algorithm.loss_aggregation", a.loss_aggregation,
-                      ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
-    errors += _choice("algorithm.kl_estimator", a.kl_estimator, ["k1", "k2", "k3"])
-    errors += _choice("algorithm.kl_level", a.kl_level, ["token", "sequence"])
-    errors += _choice("algorithm.kl_in", a.kl_in, ["loss", "reward"])
-    errors += _choice("rollout.engine", r.engine, ["vllm", "hf"])
-    errors += _choice("learner.backend", lr.backend, ["fsdp2", "deepspeed"])
-    if lr.deepspeed.zero_stage not in (1, 2, 3):
-        errors.append(f"learner.deepspeed.zero_stage must be 1, 2 or 3 (got {lr.deepspeed.zero_stage})")
-    errors += _choice("cluster.mode", c.mode, ["ray", "local"])
-    errors += _choice("cluster.placement", c.placement, ["colocated", "split"])
-    errors += _choice("cluster.learner_placement_strategy", c.learner_placement_strategy,
-                      ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
-    errors += _choice("data.task", cfg.data.task, ["arithmetic", "file"])
-    for name, value in [
-        ("trainer.total_steps", t.total_steps), ("data.prompts_per_step", cfg.data.prompts_per_step),
-        ("rollout.samples_per_prompt", r.samples_per_prompt), ("rollout.max_response_tokens", r.max_response_tokens),
-        ("rollout.num_engines", r.num_engines), ("learner.num_workers", lr.num_workers),
-        ("learner.updates_per_step", lr.updates_per_step), ("learner.micro_batch_samples", lr.micro_batch_samples),
-        ("learner.lr", lr.lr), ("verifier.num_workers", cfg.verifier.num_workers),
-        ("trainer.eval_every_steps", t.eval_every_steps), ("data.heldout_size", cfg.data.heldout_size),
-    ]:
-        errors += _positive(name, value)
-    if r.temperature < 0:
-        errors.append(f"rollout.temperature must be >= 0 (got {r.temperature})")
-    if a.kl_coef < 0:
-        errors.append(f"algorithm.kl_coef must be >= 0 (got {a.kl_coef})")
-    if a.loss_aggregation == "seq_mean_token_sum_norm" and a.loss_constant is not None and a.loss_constant <= 0:
-        errors.append("algorithm.loss_constant must be > 0")
-    if c.mode == "local" and lr.num_workers != 1:
-        errors.append(f"cluster.mode=local runs everything in one process, so learner.num_workers must be 1 "
-                      f"(got {lr.num_workers}); `cluster=local` selects both")
-    if c.mode == "local" and (r.num_engines != 1 or cfg.verifier.num_workers != 1):
-        errors.append("cluster.mode=local runs one rollout engine and one verifier (rollout.num_engines=1, "
-                      "verifier.num_workers=1)")
-    if cfg.data.prompts_per_step * r.samples_per_prompt < lr.num_workers:
-        errors.append("data.prompts_per_step * rollout.samples_per_prompt must be >= learner.num_workers")
+
+def _model(cfg: Config) -> list[str]:
+    from rlpipe.models.tiny import SIZES
+
+    m, t, h = cfg.model, cfg.model.tiny, cfg.model.score_head
+    errors = _choice("model.dtype", m.dtype, ["float32", "bfloat16"])
+    if m.path:
+        errors += _existing("model.path", m.path, directory=True)
+        if not errors and not (Path(m.path) / "config.json").is_file():
+            errors.append(f"model.path={m.path}: not a Hugging Face model directory (no config.json; models are "
+                          f"not downloaded)")
+    else:
+        errors += _choice("model.tiny.size", t.size, SIZES)
+        errors += _at_least("model.tiny.warmstart_steps", t.warmstart_steps, 0)
+        errors += _at_least("model.tiny.warmstart_lr", t.warmstart_lr, 0, strict=True)
+        errors += _at_least("model.tiny.warmstart_batch_size", t.warmstart_batch_size, 1)
+        errors += _in_range("model.tiny.teacher_slip_rate", t.teacher_slip_rate, 0, 1)
+    if h.enabled:
+        if not h.delimiters:
+            errors.append("model.score_head.delimiters must name at least one step delimiter")
+        if len(h.think_tokens) not in (0, 2):
+            errors.append(f"model.score_head.think_tokens must be [<think>, </think>] or empty (got {h.think_tokens})")
+        errors += _at_least("model.score_head.lr", h.lr, 0, strict=True)
+        errors += _at_least("model.score_head.grad_scale", h.grad_scale, 0)
+        errors += _at_least("model.score_head.positive_weight", h.positive_weight, 0, strict=True)
+        errors += _at_least("model.score_head.coef", h.coef, 0)
+        errors += _in_range("model.score_head.dropout", h.dropout, 0, 1, high_open=True)
+    return errors
+
+
+def _data(cfg: Config) -> list[str]:
+    from rlpipe.driver.prompts import SAMPLERS
+    from rlpipe.tasks.datasets import FORMATS, ON_BAD_ROW
+
     d = cfg.data
-    errors += _choice("data.sampler", d.sampler, ["sequential", "curriculum"])
-    if d.pool_size < 0:
-        errors.append(f"data.pool_size must be >= 0 (got {d.pool_size})")
+    errors = _choice("data.task", d.task, ["arithmetic", "file"])
+    errors += _at_least("data.prompts_per_step", d.prompts_per_step, 1)
+    errors += _at_least("data.heldout_size", d.heldout_size, 1)
+    errors += _at_least("data.max_prompt_tokens", d.max_prompt_tokens, 1)
+    errors += _at_least("data.pool_size", d.pool_size, 0)
+    if 0 < d.pool_size < d.prompts_per_step:
+        errors.append(f"data.pool_size={d.pool_size} is smaller than data.prompts_per_step={d.prompts_per_step}: "
+                      f"a step never holds one prompt twice")
+    errors += _choice("data.sampler", d.sampler, SAMPLERS)
     if (d.sampler == "curriculum" or d.pass_rate_table) and d.pool_size == 0 and d.task != "file":
         errors.append("data.sampler=curriculum and data.pass_rate_table need a fixed pool: set data.pool_size > 0 "
                       "(a data file is a fixed pool already)")
@@ -79,51 +99,189 @@ def validate(cfg: Config) -> None:
                       f"(got {d.pass_rate_min}, {d.pass_rate_max})")
     if not 0 < d.curriculum_ema <= 1:
         errors.append(f"data.curriculum_ema must be in (0, 1] (got {d.curriculum_ema})")
-    if a.max_generation_rounds < 1:
-        errors.append("algorithm.max_generation_rounds must be >= 1")
-    if not 0 <= a.overlong_buffer_tokens < r.max_response_tokens:
-        errors.append(f"algorithm.overlong_buffer_tokens must be in [0, rollout.max_response_tokens) "
-                      f"(got {a.overlong_buffer_tokens})")
-    if a.dual_clip is not None and a.dual_clip <= 1:
-        errors.append(f"algorithm.dual_clip must be > 1 (got {a.dual_clip})")
-    rr = a.reference_reset
-    if (rr.interval_steps or rr.kl_threshold or rr.plateau_evals) and a.kl_coef == 0:
-        errors.append("algorithm.reference_reset needs a reference model: set algorithm.kl_coef > 0")
+    errors += _existing("data.pass_rate_table", d.pass_rate_table)
+    errors += _choice("data.on_bad_row", d.on_bad_row, ON_BAD_ROW)
+    for key, value in d.fields.items():
+        if not isinstance(value, str) or not value:
+            errors.append(f"data.fields.{key} must name a field of the data file (got {value!r})")
+    if d.quarantine_file and Path(d.quarantine_file).is_dir():
+        errors.append(f"data.quarantine_file={d.quarantine_file} is a directory; give a file path")
     if d.task == "file":
-        from rlpipe.tasks.datasets import FORMATS, ON_BAD_ROW
-
         if not d.file:
             errors.append("data.task=file needs data.file")
-        elif not Path(d.file).exists():
-            errors.append(f"data.file={d.file} does not exist")
-        if d.heldout_file and not Path(d.heldout_file).exists():
-            errors.append(f"data.heldout_file={d.heldout_file} does not exist")
-        errors += _choice("data.format", d.format, sorted(FORMATS))
-        errors += _choice("data.on_bad_row", d.on_bad_row, list(ON_BAD_ROW))
+        errors += _existing("data.file", d.file)
+        errors += _existing("data.heldout_file", d.heldout_file)
+        errors += _choice("data.format", d.format, FORMATS)
         if d.format in FORMATS:
             kind = FORMATS[d.format].kind
             if cfg.verifier.name != kind and ":" not in cfg.verifier.name:
                 errors.append(f"data.format={d.format} holds {kind} tasks: use verifier={kind} "
                               f"(got verifier.name={cfg.verifier.name})")
-    elif d.task == "arithmetic" and cfg.verifier.name not in ("arithmetic",) and ":" not in cfg.verifier.name:
-        errors.append(f"the arithmetic task is scored by verifier.name=arithmetic (got {cfg.verifier.name})")
-    if t.save_every_steps < 0:
-        errors.append("trainer.save_every_steps must be >= 0")
-    if t.keep_checkpoints < 1:
-        errors.append("trainer.keep_checkpoints must be >= 1")
-    if errors:
-        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    elif d.task == "arithmetic":
+        if cfg.verifier.name != "arithmetic" and ":" not in cfg.verifier.name:
+            errors.append(f"the arithmetic task is scored by verifier.name=arithmetic (got {cfg.verifier.name})")
+        for field, value in (("data.file", d.file), ("data.heldout_file", d.heldout_file)):
+            if value:
+                errors.append(f"{field} is set but data.task=arithmetic does not read it (use data.task=file or a "
+                              f"data preset such as data=gsm8k)")
+    return errors
 
 
-def validated_or_exit(cfg: Config, prog: str, extra: Callable[[Config], list[str]] = lambda cfg: []) -> Config:
-    """For command-line entry points: ``cfg`` if it passes ``validate`` and the command's own checks (``extra``
-    returns error strings); otherwise print every error naming the fields and exit with status 2."""
-    try:
-        validate(cfg)
-        errors = extra(cfg)
-        if errors:
-            raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
-    except ConfigError as e:
-        print(f"{prog}: {e}", file=sys.stderr)
-        sys.exit(2)
-    return cfg
+def _algorithm(cfg: Config) -> list[str]:
+    from rlpipe.algos.advantages import ADVANTAGE_ESTIMATORS
+    from rlpipe.algos.aggregation import AGGREGATIONS
+    from rlpipe.algos.kl import KL_ESTIMATORS, KL_LEVELS
+    from rlpipe.algos.policy_loss import POLICY_LOSSES
+    from rlpipe.learner.rank import OLD_LOGPROBS
+
+    a, rr = cfg.algorithm, cfg.algorithm.reference_reset
+    errors = _choice("algorithm.advantage", a.advantage, ADVANTAGE_ESTIMATORS.names())
+    errors += _choice("algorithm.policy_loss", a.policy_loss, POLICY_LOSSES.names())
+    errors += _choice("algorithm.loss_aggregation", a.loss_aggregation, AGGREGATIONS)
+    errors += _choice("algorithm.kl_estimator", a.kl_estimator, KL_ESTIMATORS)
+    errors += _choice("algorithm.kl_level", a.kl_level, KL_LEVELS)
+    errors += _choice("algorithm.kl_in", a.kl_in, ["loss", "reward"])
+    errors += _choice("algorithm.old_logprobs", a.old_logprobs, OLD_LOGPROBS)
+    if a.old_logprobs == "rollout" and cfg.model.dtype != "float32":
+        errors.append(f"algorithm.old_logprobs=rollout needs model.dtype=float32: in {cfg.model.dtype} the engine's "
+                      f"and the learner's logprobs differ (different kernels and rounding), so the engine's are not "
+                      f"the learner's old policy; use algorithm.old_logprobs=recompute")
+    errors += _in_range("algorithm.clip_low", a.clip_low, 0, 1, high_open=True)
+    errors += _at_least("algorithm.clip_high", a.clip_high, 0)
+    if a.dual_clip is not None and a.dual_clip <= 1:
+        errors.append(f"algorithm.dual_clip must be > 1 (got {a.dual_clip})")
+    if a.loss_constant is not None and a.loss_constant <= 0:
+        errors.append(f"algorithm.loss_constant must be > 0 (got {a.loss_constant})")
+    errors += _at_least("algorithm.kl_coef", a.kl_coef, 0)
+    errors += _at_least("algorithm.entropy_coef", a.entropy_coef, 0)
+    errors += _at_least("algorithm.advantage_eps", a.advantage_eps, 0, strict=True)
+    errors += _at_least("algorithm.max_generation_rounds", a.max_generation_rounds, 1)
+    if not 0 <= a.overlong_buffer_tokens < cfg.rollout.max_response_tokens:
+        errors.append(f"algorithm.overlong_buffer_tokens must be in [0, rollout.max_response_tokens) "
+                      f"(got {a.overlong_buffer_tokens})")
+    errors += _at_least("algorithm.overlong_penalty", a.overlong_penalty, 0)
+    errors += _at_least("algorithm.reference_reset.interval_steps", rr.interval_steps, 0)
+    errors += _at_least("algorithm.reference_reset.kl_threshold", rr.kl_threshold, 0)
+    errors += _at_least("algorithm.reference_reset.plateau_evals", rr.plateau_evals, 0)
+    if (rr.interval_steps or rr.kl_threshold or rr.plateau_evals) and a.kl_coef == 0:
+        errors.append("algorithm.reference_reset needs a reference model: set algorithm.kl_coef > 0")
+    return errors
+
+
+def _rollout(cfg: Config) -> list[str]:
+    from rlpipe.rollout import ENGINES
+
+    r = cfg.rollout
+    errors = _choice("rollout.engine", r.engine, ENGINES)
+    errors += _at_least("rollout.num_engines", r.num_engines, 1)
+    if r.samples_per_prompt < 2:
+        errors.append(f"rollout.samples_per_prompt must be >= 2 (got {r.samples_per_prompt}): advantages are "
+                      f"relative to the other samples of the same prompt")
+    if r.temperature <= 0:
+        errors.append(f"rollout.temperature must be > 0 for training rollouts (got {r.temperature}): greedy "
+                      f"samples of one prompt are identical and carry no signal")
+    if not 0 < r.top_p <= 1:
+        errors.append(f"rollout.top_p must be in (0, 1] (got {r.top_p})")
+    errors += _at_least("rollout.max_response_tokens", r.max_response_tokens, 1)
+    errors += _at_least("rollout.kv_cache_bytes", r.kv_cache_bytes, 1 << 20)
+    if not 0 < r.gpu_memory_utilization <= 1:
+        errors.append(f"rollout.gpu_memory_utilization must be in (0, 1] (got {r.gpu_memory_utilization})")
+    return errors
+
+
+def _learner(cfg: Config) -> list[str]:
+    from rlpipe.learner.backend import BACKENDS, ZERO_STAGES
+
+    lr = cfg.learner
+    errors = _choice("learner.backend", lr.backend, BACKENDS)
+    errors += _choice("learner.deepspeed.zero_stage", lr.deepspeed.zero_stage, ZERO_STAGES)
+    if lr.deepspeed.offload_optimizer and lr.backend != "deepspeed":
+        errors.append("learner.deepspeed.offload_optimizer needs learner.backend=deepspeed")
+    errors += _at_least("learner.num_workers", lr.num_workers, 1)
+    errors += _at_least("learner.lr", lr.lr, 0, strict=True)
+    errors += _at_least("learner.weight_decay", lr.weight_decay, 0)
+    if len(lr.betas) != 2 or not all(0 <= b < 1 for b in lr.betas):
+        errors.append(f"learner.betas must be two numbers in [0, 1) (got {list(lr.betas)})")
+    errors += _at_least("learner.max_grad_norm", lr.max_grad_norm, 0)
+    errors += _at_least("learner.updates_per_step", lr.updates_per_step, 1)
+    errors += _at_least("learner.micro_batch_samples", lr.micro_batch_samples, 1)
+    samples = cfg.data.prompts_per_step * cfg.rollout.samples_per_prompt
+    if samples < lr.num_workers:
+        errors.append("data.prompts_per_step * rollout.samples_per_prompt must be >= learner.num_workers")
+    if lr.updates_per_step > samples:
+        errors.append(f"learner.updates_per_step={lr.updates_per_step} is more than the {samples} samples of a step")
+    return errors
+
+
+def _verifier(cfg: Config) -> list[str]:
+    from rlpipe.verify.batch_scorer import BUILTIN_VERIFIERS
+    from rlpipe.verify.math_answer import FALLBACKS, THINK_FORMATS
+
+    v = cfg.verifier
+    errors = []
+    if ":" in v.name:
+        module, _, attr = v.name.partition(":")
+        if not module or not attr:
+            errors.append(f"verifier.name={v.name!r}: a user verifier is named 'package.module:Class'")
+    else:
+        errors += _choice("verifier.name", v.name, BUILTIN_VERIFIERS)
+    errors += _at_least("verifier.num_workers", v.num_workers, 1)
+    errors += _at_least("verifier.max_retries", v.max_retries, 0)
+    errors += _at_least("verifier.timeout_s", v.timeout_s, 0, strict=True)
+    errors += _choice("verifier.answer_fallback", v.answer_fallback, FALLBACKS)
+    errors += _choice("verifier.format", v.format, THINK_FORMATS)
+    if v.correct_reward <= v.wrong_reward:
+        errors.append(f"verifier.correct_reward ({v.correct_reward}) must be above verifier.wrong_reward "
+                      f"({v.wrong_reward})")
+    return errors
+
+
+def _cluster(cfg: Config) -> list[str]:
+    c, r, lr = cfg.cluster, cfg.rollout, cfg.learner
+    errors = _choice("cluster.mode", c.mode, ["ray", "local"])
+    errors += _choice("cluster.placement", c.placement, ["colocated", "split"])
+    errors += _choice("cluster.learner_placement_strategy", c.learner_placement_strategy,
+                      ["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"])
+    errors += _at_least("cluster.call_timeout_s", c.call_timeout_s, 0, strict=True)
+    errors += _at_least("cluster.max_actor_restarts", c.max_actor_restarts, 0)
+    if c.mode == "local" and lr.num_workers != 1:
+        errors.append(f"cluster.mode=local runs everything in one process, so learner.num_workers must be 1 "
+                      f"(got {lr.num_workers}); {LOCAL_ROLES_HINT}")
+    if c.mode == "local" and (r.num_engines != 1 or cfg.verifier.num_workers != 1):
+        errors.append("cluster.mode=local runs one rollout engine and one verifier (rollout.num_engines=1, "
+                      f"verifier.num_workers=1); {LOCAL_ROLES_HINT}")
+    return errors
+
+
+def _logger(cfg: Config) -> list[str]:
+    from rlpipe.reporting.sinks import SINK_NAMES, WANDB_MODES
+
+    g = cfg.logger
+    errors = [f"logger.backends: {name!r} is not one of {sorted(SINK_NAMES)}" for name in g.backends
+              if name not in SINK_NAMES]
+    return errors + _choice("logger.wandb_mode", g.wandb_mode, WANDB_MODES)
+
+
+def _trainer(cfg: Config) -> list[str]:
+    t = cfg.trainer
+    errors = _at_least("trainer.total_steps", t.total_steps, 1)
+    errors += _at_least("trainer.eval_every_steps", t.eval_every_steps, 1)
+    errors += _at_least("trainer.save_every_steps", t.save_every_steps, 0)
+    errors += _at_least("trainer.keep_checkpoints", t.keep_checkpoints, 1)
+    if not t.output_dir:
+        errors.append("trainer.output_dir must name a directory")
+    elif Path(t.output_dir).exists() and not Path(t.output_dir).is_dir():
+        errors.append(f"trainer.output_dir={t.output_dir} is a file, not a directory")
+    if t.resume not in ("auto", "never") and not Path(t.resume).is_dir():
+        errors.append(f"trainer.resume={t.resume}: no such checkpoint directory (or use auto / never)")
+    return errors
+
+
+def _evaluation(cfg: Config) -> list[str]:
+    e = cfg.eval
+    errors = _at_least("prepass.samples_per_prompt", cfg.prepass.samples_per_prompt, 1)
+    errors += _at_least("eval.samples_per_prompt", e.samples_per_prompt, 1)
+    for field, values in (("eval.pass_k", e.pass_k), ("eval.maj_k", e.maj_k), ("eval.best_of", e.best_of),
+                          ("eval.budgets", e.budgets)):
+        errors += [f"{field} values must be >= 1 (got {v})" for v in values if v < 1]
+    return errors

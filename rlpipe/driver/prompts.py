@@ -7,16 +7,22 @@ the pool to prompts whose pass rate lies in a window.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import AbstractSet, Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
 from rlpipe.config.schema import DataConfig
+from rlpipe.errors import UserError
+from rlpipe.rollout.types import GenerationRequest
 
 log = logging.getLogger(__name__)
+
+
+SAMPLERS = ("sequential", "curriculum")  # data.sampler
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,10 @@ class PromptItem:
 
 
 class PromptSource(Protocol):
-    def next_batch(self, n: int) -> list[PromptItem]: ...
+    def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
+        """Up to ``n`` distinct prompts, none of whose uids is in ``exclude`` (the prompts a step already has).
+        Fewer only when the source has no more distinct prompts to give (a fixed pool smaller than the step)."""
+        ...
 
     def observe(self, correct_by_uid: dict[str, list[bool]]) -> None:
         """Feedback from training rollouts (which samples of which prompt were correct)."""
@@ -46,8 +55,8 @@ class ArithmeticStream:
 
         self.stream = TrainStream(seed=seed, exclude=heldout_questions)
 
-    def next_batch(self, n: int) -> list[PromptItem]:
-        return [arithmetic_item(self.stream.next()) for _ in range(n)]
+    def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
+        return [arithmetic_item(self.stream.next()) for _ in range(n)]  # uids never repeat
 
     def observe(self, correct_by_uid: dict[str, list[bool]]) -> None:
         pass
@@ -60,36 +69,55 @@ class ArithmeticStream:
 
 
 class ShuffledPool:
-    """A fixed pool, reshuffled every epoch; the cursor is (epoch, position), so resuming crosses epochs exactly."""
+    """A fixed pool, reshuffled every epoch, each prompt once per epoch.
+
+    A batch never holds a prompt twice, nor one in ``exclude``: such a prompt is skipped for now and stays first in
+    line for a later batch. When an epoch runs out inside a batch, the next epoch starts with the prompts the old one
+    did not deliver, followed by its own shuffle of the rest, so a step never trains one prompt twice and no prompt
+    is lost. The cursor (epoch, the prompts left in this epoch, in order) makes a resumed run draw the same prompts.
+    """
 
     def __init__(self, items: list[PromptItem], seed: int):
         if not items:
-            raise ValueError("the prompt pool is empty (check data.pool_size / the pass-rate window)")
+            raise UserError("the prompt pool is empty (check data.pool_size / the pass-rate window)")
         self.items, self.seed = items, seed
-        self.epoch, self.position = 0, 0
+        self.epoch = 0
+        self.queue: list[int] = self._order(0)  # indices still to deliver in this epoch
 
     def _order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.items), generator=g).tolist()
 
-    def next_batch(self, n: int) -> list[PromptItem]:
-        out, order = [], self._order(self.epoch)
+    def _new_epoch(self) -> None:
+        self.epoch += 1
+        left = set(self.queue)
+        self.queue = self.queue + [i for i in self._order(self.epoch) if i not in left]
+
+    def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
+        out: list[PromptItem] = []
+        taken = set(exclude)
+        fresh = False  # a new epoch was opened in this call (after that, nothing eligible means none is left)
         while len(out) < n:
-            if self.position == len(self.items):
-                self.epoch, self.position = self.epoch + 1, 0
-                order = self._order(self.epoch)
-            out.append(self.items[order[self.position]])
-            self.position += 1
+            pos = next((k for k, i in enumerate(self.queue) if self.items[i].uid not in taken), None)
+            if pos is None:
+                if fresh:
+                    break
+                self._new_epoch()
+                fresh = True
+                continue
+            item = self.items[self.queue.pop(pos)]
+            taken.add(item.uid)
+            out.append(item)
         return out
 
     def observe(self, correct_by_uid: dict[str, list[bool]]) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "queue": list(self.queue)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch, self.position = state["epoch"], state["position"]
+        self.epoch, self.queue = state["epoch"], list(state["queue"])
 
 
 class CurriculumPool:
@@ -104,7 +132,7 @@ class CurriculumPool:
 
     def __init__(self, items: list[PromptItem], seed: int, ema: float):
         if not items:
-            raise ValueError("the prompt pool is empty (check data.pool_size / the pass-rate window)")
+            raise UserError("the prompt pool is empty (check data.pool_size / the pass-rate window)")
         self.items, self.ema = items, ema
         self.index = {p.uid: i for i, p in enumerate(items)}
         self.pass_rate = torch.full((len(items),), self.PRIOR, dtype=torch.float64)
@@ -114,13 +142,17 @@ class CurriculumPool:
     def weights(self) -> torch.Tensor:
         return self.pass_rate * (1 - self.pass_rate) + self.FLOOR
 
-    def next_batch(self, n: int) -> list[PromptItem]:
-        out: list[PromptItem] = []
-        while len(out) < n:  # more than the pool asked for: draw the pool again
-            k = min(n - len(out), len(self.items))
-            picks = torch.multinomial(self.weights(), k, replacement=False, generator=self.generator)
-            out += [self.items[i] for i in picks.tolist()]
-        return out
+    def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
+        """Drawn without replacement; prompts in ``exclude`` have weight 0; at most the pool's eligible prompts."""
+        weights = self.weights()
+        for uid in exclude:
+            if uid in self.index:
+                weights[self.index[uid]] = 0.0
+        k = min(n, int((weights > 0).sum()))
+        if k == 0:
+            return []
+        picks = torch.multinomial(weights, k, replacement=False, generator=self.generator)
+        return [self.items[i] for i in picks.tolist()]
 
     def observe(self, correct_by_uid: dict[str, list[bool]]) -> None:
         for uid, correct in correct_by_uid.items():
@@ -139,6 +171,21 @@ class CurriculumPool:
         self.generator.set_state(state["generator"])
 
 
+def request_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from its parts (run seed, purpose or step, round, prompt uid): sampling is reproducible
+    on resume and re-queue and does not depend on batching or on which engine serves the request."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def make_requests(prompts: Sequence[PromptItem], tokenize: Callable[[PromptItem], list[int]], num_samples: int,
+                  *seed_parts: Any) -> list[GenerationRequest]:
+    """The one place generation requests are built: prompt uid as request id, chat-template token ids, and a seed
+    ``request_seed(*seed_parts, uid)`` per prompt (training: (seed, step, round); evaluation: (seed, purpose))."""
+    return [GenerationRequest(p.uid, tuple(tokenize(p)), num_samples, request_seed(*seed_parts, p.uid))
+            for p in prompts]
+
+
 def arithmetic_item(problem) -> PromptItem:
     from rlpipe.tasks.arithmetic import gold, to_messages
 
@@ -152,13 +199,16 @@ def read_pass_rates(path: str) -> tuple[dict[str, Any], dict[str, float]]:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except ValueError:
+                raise UserError(f"data.pass_rate_table={path}: line {line_no} is not JSON") from None
             if "_meta" in row:
                 meta = row["_meta"]
             elif "uid" in row and "pass_rate" in row:
                 rates[row["uid"]] = float(row["pass_rate"])
             else:
-                raise ValueError(f"{path}:{line_no}: a pass-rate row needs 'uid' and 'pass_rate'")
+                raise UserError(f"data.pass_rate_table={path}: line {line_no}: a pass-rate row needs 'uid' and 'pass_rate'")
     return meta, rates
 
 
@@ -185,7 +235,7 @@ def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]
         meta, rates = read_pass_rates(data.pass_rate_table)
         missing = [p.uid for p in pool if p.uid not in rates]
         if missing:
-            raise ValueError(f"{len(missing)} pool prompts are not in {data.pass_rate_table} (e.g. {missing[0]}): "
+            raise UserError(f"{len(missing)} pool prompts are not in data.pass_rate_table={data.pass_rate_table} (e.g. {missing[0]}): "
                              f"it was written for another pool (its settings: {meta})")
         before = len(pool)
         pool = [p for p in pool if data.pass_rate_min <= rates[p.uid] <= data.pass_rate_max]
@@ -226,7 +276,7 @@ def file_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]]
     else:
         order = torch.randperm(len(items), generator=torch.Generator().manual_seed(data.seed)).tolist()
         if data.heldout_size >= len(items):
-            raise ValueError(f"data.heldout_size={data.heldout_size} leaves no training rows out of {len(items)}; "
+            raise UserError(f"data.heldout_size={data.heldout_size} leaves no training rows out of {len(items)}; "
                              f"lower it or give data.heldout_file")
         heldout = [items[i] for i in order[: data.heldout_size]]
         pool = [items[i] for i in order[data.heldout_size:]]
@@ -257,7 +307,7 @@ def chat_tokenizer(model_path: str, max_prompt_tokens: int) -> tuple[Callable[[P
         text = tokenizer.apply_chat_template(list(item.messages), add_generation_prompt=True, tokenize=False)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_tokens:
-            raise ValueError(f"prompt {item.uid} has {len(ids)} tokens > data.max_prompt_tokens={max_prompt_tokens}")
+            raise UserError(f"prompt {item.uid} has {len(ids)} tokens > data.max_prompt_tokens={max_prompt_tokens}")
         return ids
 
     return tokenize, tokenizer

@@ -6,6 +6,8 @@ from typing import Optional, Protocol
 
 import torch
 
+BACKENDS = ("fsdp2", "deepspeed")  # learner.backend
+ZERO_STAGES = (1, 2, 3)  # learner.deepspeed.zero_stage
 
 class TrainingBackend(Protocol):
     module: torch.nn.Module  # call it for forward passes
@@ -20,6 +22,11 @@ class TrainingBackend(Protocol):
         """Collective: gathers full (unsharded) CPU weights; rank 0 gets them, other ranks get None."""
         ...
 
+    @torch.no_grad()
+    def copy_policy_into(self, reference: torch.nn.Module) -> None:
+        """Collective: reference ← current policy weights (ProRL reset); ``reference`` is laid out by the backend."""
+        ...
+
     def save_checkpoint(self, path: str) -> None:
         """Collective: policy weights and optimizer state, in the backend's native sharded format."""
         ...
@@ -30,4 +37,8 @@ class TrainingBackend(Protocol):
 
     def optimizer_state_size(self) -> int:
         """Number of tensors held in the optimizer state (0 right after a reset)."""
+        ...
+
+    def shutdown(self) -> None:
+        """Free what the backend holds beyond the process group (which the rank destroys afterwards)."""
         ...

@@ -8,6 +8,10 @@ Layout, with N samples, P = longest prompt, T = longest response:
     response_mask   [N, T]    True on real response tokens; logprobs[:, t] is the logprob of input_ids[:, P+t]
 
 Response-aligned tensors ([N, T]) line up column by column with the rollout engine's logprobs.
+
+What travels from the driver to a learner rank is a ``SampleShard``: ragged token ids with no padding, each prompt
+once however many samples continue it. The rank lays it out as TrainBatches itself and keeps it until the update,
+so a step's samples cross the Ray boundary once (docs/design.md, "the road of one step").
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ class TrainBatch:
     advantages: Optional[torch.Tensor] = None  # [N]
     old_logprobs: Optional[torch.Tensor] = None  # [N, T]
     ref_logprobs: Optional[torch.Tensor] = None  # [N, T]
-    sprm_labels: Optional[torch.Tensor] = None  # [N] score-head labels: 1 correct, 0 wrong, -1 excluded
+    outcome: Optional[torch.Tensor] = None  # [N] float: 1 if the verifier judged the sample correct, else 0
+    format_ok: Optional[torch.Tensor] = None  # [N] bool: an answer could be extracted (auxiliary heads' labels)
 
     @property
     def num_samples(self) -> int:
@@ -110,3 +115,61 @@ def split_even(batch: TrainBatch, num_parts: int) -> list[TrainBatch]:
 
 def num_micro_batches(num_samples: int, micro_batch_samples: int) -> int:
     return max(1, math.ceil(num_samples / micro_batch_samples))
+
+
+def _flat(rows: Sequence[Sequence], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.int32)
+    values = [x for r in rows for x in r]
+    return torch.tensor(values, dtype=dtype), lengths
+
+
+@dataclass
+class SampleShard:
+    """One learner rank's share of a step's samples, as the driver sends it: ragged, unpadded, each prompt once.
+
+    ``n`` samples continue ``u`` distinct prompts. Flat tensors are concatenations; ``*_lengths`` cut them.
+    """
+
+    prompt_ids: torch.Tensor  # [Σ prompt lengths] int32
+    prompt_lengths: torch.Tensor  # [u] int32
+    prompt_index: torch.Tensor  # [n] long: the prompt each sample continues
+    response_ids: torch.Tensor  # [Σ response lengths] int32
+    response_lengths: torch.Tensor  # [n] int32
+    rollout_logprobs: torch.Tensor  # [Σ response lengths] float32: the engine's sampled-token logprobs
+    loss_mask: torch.Tensor  # [n] bool: False = no loss on this sample (a padding row, DAPO's overlong filter)
+    minibatch: torch.Tensor  # [n] long: the optimizer step (mini-batch) the sample is trained in
+    outcome: torch.Tensor  # [n] float: 1 correct, 0 not
+    format_ok: torch.Tensor  # [n] bool
+
+    @staticmethod
+    def build(prompts: Sequence[Sequence[int]], prompt_index: Sequence[int], responses: Sequence[Sequence[int]],
+              logprobs: Sequence[Sequence[float]], loss_mask: Sequence[bool], minibatch: Sequence[int],
+              outcome: Sequence[float], format_ok: Sequence[bool]) -> "SampleShard":
+        prompt_ids, prompt_lengths = _flat(prompts, torch.int32)
+        response_ids, response_lengths = _flat(responses, torch.int32)
+        rollout_logprobs, _ = _flat(logprobs, torch.float32)
+        return SampleShard(prompt_ids, prompt_lengths, torch.tensor(prompt_index, dtype=torch.long), response_ids,
+                           response_lengths, rollout_logprobs, torch.tensor(loss_mask, dtype=torch.bool),
+                           torch.tensor(minibatch, dtype=torch.long), torch.tensor(outcome, dtype=torch.float32),
+                           torch.tensor(format_ok, dtype=torch.bool))
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.response_lengths.numel())
+
+    def num_minibatches(self) -> int:
+        return int(self.minibatch.max()) + 1 if self.num_samples else 0
+
+    def to_train_batch(self, rows: Sequence[int], pad_id: int) -> TrainBatch:
+        """The padded layout of ``rows`` (indices into this shard), with the loss mask applied."""
+        prompts = list(self.prompt_ids.split(self.prompt_lengths.tolist()))
+        responses = list(self.response_ids.split(self.response_lengths.tolist()))
+        logprobs = list(self.rollout_logprobs.split(self.response_lengths.tolist()))
+        rows = list(rows)
+        batch = build_batch([prompts[int(self.prompt_index[i])].tolist() for i in rows],
+                            [responses[i].tolist() for i in rows], [logprobs[i].tolist() for i in rows], pad_id)
+        index = torch.tensor(rows, dtype=torch.long)
+        batch.response_mask &= self.loss_mask[index].unsqueeze(1)
+        batch.outcome = self.outcome[index]
+        batch.format_ok = self.format_ok[index]
+        return batch

@@ -95,3 +95,6 @@ class FSDP2Backend:
 
     def optimizer_state_size(self) -> int:
         return sum(len(s) for s in self.optimizer.state.values())
+
+    def shutdown(self) -> None:
+        pass  # the rank destroys the process group; FSDP2 keeps no groups of its own

@@ -10,7 +10,7 @@ summed over a rank's micro-batches and averaged over ranks they are the mini-bat
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Optional
+from typing import Optional, Sequence
 
 import torch
 
@@ -19,22 +19,25 @@ from rlpipe.algos.entropy import entropy_from_logits
 from rlpipe.algos.kl import kl_estimate, kl_loss
 from rlpipe.algos.policy_loss import compute_policy_loss
 from rlpipe.learner.batch import TrainBatch
+from rlpipe.learner.heads import Forward
 
 
 @dataclass(frozen=True)
 class ObjectiveSettings:
-    policy_loss: str = "ppo_clip"
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: Optional[float] = None
-    loss_aggregation: str = "token_mean"
-    loss_constant: Optional[float] = None
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    kl_level: str = "token"
-    kl_in_loss: bool = True
-    entropy_coef: float = 0.0
-    temperature: float = 1.0  # the rollout temperature: logprobs are taken under the sampling distribution
+    """The loss's settings, flattened from ``algorithm.*`` by the driver's builder (defaults live in the schema)."""
+
+    policy_loss: str
+    clip_low: float
+    clip_high: float
+    dual_clip: Optional[float]
+    loss_aggregation: str
+    loss_constant: Optional[float]
+    kl_coef: float
+    kl_estimator: str
+    kl_level: str
+    kl_in_loss: bool
+    entropy_coef: float
+    temperature: float  # the rollout temperature: logprobs are taken under the sampling distribution
 
     def policy_loss_options(self) -> dict:
         options = {"clip_low": self.clip_low, "clip_high": self.clip_high}
@@ -61,22 +64,23 @@ class GlobalCounts:
             dp_size=dp_size,
         )
 
-
-class Forward(NamedTuple):
-    logprobs: torch.Tensor  # [N, T], 0 where response_mask is False
-    entropy: Optional[torch.Tensor]  # [N, T] or None
-    hidden: Optional[torch.Tensor]  # [N, P+T, H] hidden states of the requested layer, or None
+    @staticmethod
+    def of_lengths(response_lengths: torch.Tensor, loss_mask: torch.Tensor, dp_size: int) -> "GlobalCounts":
+        """The same counts from per-sample response lengths [n] and loss mask [n] (no padded tensors needed)."""
+        lengths = response_lengths.long() * loss_mask.long()
+        return GlobalCounts(num_tokens=max(1, int(lengths.sum())), num_seqs=max(1, int((lengths > 0).sum())),
+                            dp_size=dp_size)
 
 
 def forward_logprobs(
     model: torch.nn.Module, batch: TrainBatch, temperature: float, with_entropy: bool = False,
-    hidden_layer: Optional[int] = None,
+    hidden_layers: Sequence[int] = (),
 ) -> Forward:
     """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy
-    and the hidden states of layer ``hidden_layer`` (index into ``hidden_states``: -2 is the second-to-last)."""
+    and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2 is the second-to-last)."""
     p = batch.prompt_len
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                output_hidden_states=hidden_layer is not None)
+                output_hidden_states=bool(hidden_layers))
     logits = out.logits[:, p - 1 : -1].float()  # [N, T, V]: position p-1+t predicts input_ids[:, p+t]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
@@ -85,7 +89,7 @@ def forward_logprobs(
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     logprobs = logprobs.masked_fill(~batch.response_mask, 0.0)
     entropy = entropy_from_logits(logits) if with_entropy else None
-    hidden = out.hidden_states[hidden_layer] if hidden_layer is not None else None
+    hidden = {layer: out.hidden_states[layer] for layer in hidden_layers}
     return Forward(logprobs, entropy, hidden)
 
 

@@ -1,4 +1,4 @@
-"""XBai o4's SPRM score head on the policy's backbone: module, settings, and its share of a learner update.
+"""XBai o4's SPRM score head on the policy's backbone: an auxiliary head (``rlpipe.learner.heads``).
 
 The head reads the hidden states of one backbone layer (default the second-to-last) from the policy's own forward
 pass, through a gradient scale (default 1e-4: the backbone feels the head's loss 10^4 times weaker than the policy
@@ -8,7 +8,9 @@ rank, outside FSDP/DeepSpeed). The math is in ``rlpipe.algos.sprm``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -16,26 +18,41 @@ import torch.distributed as dist
 
 from rlpipe.algos.sprm import scale_grad, sprm_loss, step_end_mask, trajectory_scores
 from rlpipe.learner.batch import TrainBatch
+from rlpipe.learner.heads import AUXILIARY_HEADS, Forward
+
+WEIGHTS_FILE, SETTINGS_FILE = "score_head.pt", "score_head.json"
 
 
 @dataclass(frozen=True)
 class ScoreHeadSettings:
     delimiter_ids: tuple[int, ...]
-    think_start_id: Optional[int] = None
-    think_end_id: Optional[int] = None
-    layer: int = -2
-    lr: float = 1e-5
-    grad_scale: float = 1e-4
-    positive_weight: float = 1.0
-    coef: float = 1.0
-    dropout: float = 0.5
-    agreement_filter: bool = True
+    think_start_id: Optional[int]
+    think_end_id: Optional[int]
+    layer: int
+    lr: float
+    grad_scale: float
+    positive_weight: float
+    coef: float
+    dropout: float
+    agreement_filter: bool
+    exclude_format_failures: bool
+
+
+def saved_score_head(model_dir: str) -> Optional[ScoreHeadSettings]:
+    """The settings of a head exported beside a model (training with model.score_head.enabled), or None."""
+    path = Path(model_dir) / SETTINGS_FILE
+    if not path.exists():
+        return None
+    raw = json.loads(path.read_text())
+    raw["delimiter_ids"] = tuple(raw["delimiter_ids"])
+    raw.setdefault("exclude_format_failures", True)  # exports written before the field existed
+    return ScoreHeadSettings(**raw)
 
 
 class ScoreHead(torch.nn.Module):
     """``Linear(h, 2h) → ReLU → Dropout → Linear(2h, 1)``, as in the paper's code."""
 
-    def __init__(self, hidden_size: int, dropout: float = 0.5):
+    def __init__(self, hidden_size: int, dropout: float):
         super().__init__()
         self.net = torch.nn.Sequential(torch.nn.Linear(hidden_size, 2 * hidden_size), torch.nn.ReLU(),
                                        torch.nn.Dropout(dropout), torch.nn.Linear(2 * hidden_size, 1))
@@ -44,11 +61,15 @@ class ScoreHead(torch.nn.Module):
         return self.net(hidden).squeeze(-1)
 
 
+@AUXILIARY_HEADS.register("sprm")
 class ScoreHeadTrainer:
-    """The head, its optimizer, and what the learner worker asks of it."""
+    """The head, its optimizer, and what the learner rank asks of an auxiliary head."""
+
+    name = "sprm"
 
     def __init__(self, hidden_size: int, settings: ScoreHeadSettings, device: torch.device, seed: int):
         self.s = settings
+        self.hidden_layer = settings.layer
         with torch.random.fork_rng(devices=[]):  # the head's init must not shift the policy's random stream
             torch.manual_seed(seed + 7919)
             self.head = ScoreHead(hidden_size, settings.dropout).to(device)
@@ -62,17 +83,25 @@ class ScoreHeadTrainer:
                              self.s.think_start_id, self.s.think_end_id).to(logits.device)
         return logits, mask
 
-    def loss(self, hidden: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        logits, mask = self.step_logits(hidden, batch)
-        loss, metrics = sprm_loss(logits, mask, batch.sprm_labels.to(logits.device), self.s.positive_weight,
+    def labels(self, batch: TrainBatch) -> torch.Tensor:
+        """[N]: the outcome (1 correct, 0 wrong); -1 (left out) for format failures when so configured — their
+        outcome says nothing about their steps."""
+        labels = batch.outcome.float().clone()
+        if self.s.exclude_format_failures:
+            labels[~batch.format_ok] = -1.0
+        return labels
+
+    def loss(self, fwd: Forward, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        logits, mask = self.step_logits(fwd.hidden[self.hidden_layer], batch)
+        loss, metrics = sprm_loss(logits, mask, self.labels(batch).to(logits.device), self.s.positive_weight,
                                   self.s.agreement_filter)
         return self.s.coef * loss, {"sprm/loss": float(loss.detach()), **{k: float(v) for k, v in metrics.items()}}
 
     @torch.no_grad()
-    def scores(self, hidden: torch.Tensor, batch: TrainBatch) -> torch.Tensor:
+    def scores(self, fwd: Forward, batch: TrainBatch) -> torch.Tensor:
         """[N] trajectory scores (geometric mean of step probabilities; 0 without a scored step)."""
         self.head.eval()
-        logits, mask = self.step_logits(hidden, batch)
+        logits, mask = self.step_logits(fwd.hidden[self.hidden_layer], batch)
         self.head.train()
         return trajectory_scores(logits, mask).cpu()
 
@@ -93,3 +122,11 @@ class ScoreHeadTrainer:
     def load_state_dict(self, state: dict) -> None:
         self.head.load_state_dict(state["head"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+    def export(self, directory: str) -> None:
+        torch.save(self.head.state_dict(), f"{directory}/{WEIGHTS_FILE}")
+        with open(f"{directory}/{SETTINGS_FILE}", "w") as f:
+            json.dump(asdict(self.s), f, indent=2)
+
+    def load_export(self, directory: str) -> None:
+        self.head.load_state_dict(torch.load(f"{directory}/{WEIGHTS_FILE}", map_location=next(self.head.parameters()).device))

@@ -38,11 +38,12 @@ def plot_reward_curve(rows: list[dict[str, Any]], out: Path) -> None:
 
 
 def phase_times(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Total seconds per ``timing/<phase>`` over the run."""
+    """Total seconds per ``timing/<phase>`` over the run (``timing/step``, the wall clock of whole steps, is not a
+    phase: phases overlap in asynchronous mode)."""
     totals: dict[str, float] = {}
     for r in rows:
         for k, v in r.items():
-            if k.startswith("timing/") and v is not None:
+            if k.startswith("timing/") and k != "timing/step" and v is not None:
                 totals[k.removeprefix("timing/")] = totals.get(k.removeprefix("timing/"), 0.0) + v
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 

@@ -2,17 +2,16 @@
 
 from rlpipe.rollout.types import Completion, GenerationRequest, RolloutEngine, SamplingSettings
 
-__all__ = ["Completion", "GenerationRequest", "RolloutEngine", "SamplingSettings", "build_engine"]
+__all__ = ["ENGINES", "Completion", "GenerationRequest", "RolloutEngine", "SamplingSettings", "build_engine"]
+
+# rollout.engine -> the class, imported only when asked for (vLLM is a heavy import).
+ENGINES = {"vllm": "rlpipe.rollout.vllm_engine:VLLMEngine", "hf": "rlpipe.rollout.hf_engine:HFEngine"}
 
 
 def build_engine(engine: str, **kwargs):
     """Build the engine named by ``rollout.engine`` (imports vLLM only when asked for)."""
-    if engine == "vllm":
-        from rlpipe.rollout.vllm_engine import VLLMEngine
+    from rlpipe.registry import import_object
 
-        return VLLMEngine(**kwargs)
-    if engine == "hf":
-        from rlpipe.rollout.hf_engine import HFEngine
-
-        return HFEngine(**kwargs)
-    raise ValueError(f"unknown rollout.engine {engine!r}; valid: vllm, hf")
+    if engine not in ENGINES:
+        raise ValueError(f"unknown rollout.engine {engine!r}; valid: {', '.join(ENGINES)}")
+    return import_object(ENGINES[engine])(**kwargs)

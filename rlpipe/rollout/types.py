@@ -10,9 +10,9 @@ import torch
 
 @dataclass(frozen=True)
 class SamplingSettings:
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
-    max_response_tokens: int = 64
+    temperature: float  # 0 = greedy
+    top_p: float
+    max_response_tokens: int
 
 
 @dataclass(frozen=True)

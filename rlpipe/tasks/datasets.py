@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
+from rlpipe.errors import UserError
+
 log = logging.getLogger(__name__)
 
 MATH_INSTRUCTION = "Solve the problem step by step. Put the final answer in \\boxed{}."
@@ -62,7 +64,7 @@ class BadRow(ValueError):
         self.reason = reason
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data set file that cannot be used (or a bad row, with ``on_bad_row="error"``)."""
 
 

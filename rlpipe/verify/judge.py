@@ -3,6 +3,10 @@ standard library: the judge (pid 1 of the sandbox: trusted code only, holds the 
 program's process it forks (runs the untrusted code), and the wire format between them. The host half, which builds
 the task and reads the judge's authenticated report, is ``rlpipe.verify.code``; the argument for why a program
 cannot forge a verdict is in its docstring and in docs/sandbox.md.
+
+Why one file over 500 lines: it stands alone. It is copied into the sandbox by itself and run by the system python
+with no rlpipe installed there, so it cannot import helpers from the rest of the package; splitting it would mean
+copying several files in and reasoning about all of them as trusted code inside the sandbox.
 """
 
 from __future__ import annotations

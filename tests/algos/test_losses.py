@@ -5,7 +5,7 @@ import torch
 
 from rlpipe.algos.aggregation import aggregate_loss
 from rlpipe.algos.entropy import entropy_from_logits
-from rlpipe.algos.kl import kl_estimate, kl_in_reward, kl_loss
+from rlpipe.algos.kl import kl_estimate, kl_in_reward, kl_loss, sequence_kl
 from rlpipe.algos.policy_loss import compute_policy_loss
 from rlpipe.algos.shaping import overlong_penalty, truncated_mask, zero_variance_group_mask
 
@@ -109,7 +109,10 @@ def test_kl_levels_and_in_reward():
     mask = torch.tensor([[True, True, True], [True, False, False]])
     assert float(kl_loss(kl, mask, "token")) == pytest.approx(1.0 / 4)
     assert float(kl_loss(kl, mask, "sequence")) == pytest.approx((0.6 + 0.4) / 2)  # AGAPO: per-sequence sums
-    torch.testing.assert_close(kl_in_reward(torch.tensor([1.0, 0.0]), kl, mask, 0.5), torch.tensor([0.7, -0.2]))
+    seq = sequence_kl(kl, mask)
+    torch.testing.assert_close(seq, torch.tensor([0.6, 0.4]))
+    torch.testing.assert_close(kl_in_reward(torch.tensor([1.0, 0.0]), seq, 0.5), torch.tensor([0.7, -0.2]))
+    torch.testing.assert_close(kl_in_reward(torch.tensor([1.0, 0.0]), seq, 0.0), torch.tensor([1.0, 0.0]))
 
 
 def test_entropy_uniform_and_peaked():

@@ -47,42 +47,44 @@ def _assert_ledger_exact(trainer):
 
 def test_killed_rollout_and_verifier_actors_are_restarted_and_no_sample_is_lost(micro_model_dir):
     import ray
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
-    from rlpipe.config.schema import register_configs
-    from rlpipe.driver import build, cluster
-    from rlpipe.driver.prompts import build_prompts, chat_tokenizer
-    from rlpipe.driver.run import make_trainer
+    from rlpipe.config.compose import load_config
+    from rlpipe.driver.inputs import load_prompts
+    from rlpipe.driver.session import LearnerSpec, Session
 
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = OmegaConf.to_object(compose("config", overrides=[
-            f"model.path={micro_model_dir}", f"data.prompts_per_step={PROMPTS}",
-            f"rollout.samples_per_prompt={SAMPLES}", "rollout.max_response_tokens=24", "learner.lr=1e-2",
-            "verifier.num_workers=2"]))
-    with cluster.ray_session(None, build.actors_needed(cfg)):
-        roles = build.build_roles(cfg, str(micro_model_dir), 256)
-        tokenize, tokenizer = chat_tokenizer(str(micro_model_dir), cfg.data.max_prompt_tokens)
-        prompts, _ = build_prompts(cfg.data)
-        trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
-
+    cfg = load_config([
+        f"model.path={micro_model_dir}", f"data.prompts_per_step={PROMPTS}", f"rollout.samples_per_prompt={SAMPLES}",
+        "rollout.max_response_tokens=24", "learner.lr=1e-2", "verifier.num_workers=2"])
+    model = str(micro_model_dir)
+    tokenize, prompts, _ = load_prompts(cfg, model)
+    with Session(cfg, model, learner=LearnerSpec.of(cfg, model)) as session:
+        trainer = session.trainer(prompts, tokenize)
         trainer.step(1)  # a large learning rate: after this push, an engine with the initial weights would differ
-        killed = _kill_on_submit(roles.rollout.group, "generate")
+        killed = _kill_on_submit(session.rollout.group, "generate")
         m2 = trainer.step(2)
-        assert killed and roles.rollout.group.pids()[0] != killed[0], "the rollout actor was not replaced"
+        assert killed and session.rollout.group.pids()[0] != killed[0], "the rollout actor was not replaced"
         assert m2["faults/rollout_restarts"] == 1 and m2["faults/rollout_requeued"] == PROMPTS
         _assert_ledger_exact(trainer)
         # The restarted engine got the step-1 weights before regenerating: its logprobs match the learner's.
         assert m2["rollout/logprob_diff_max"] < 1e-3, m2["rollout/logprob_diff_max"]
 
-        killed = _kill_on_submit(roles.verifiers.group, "score_batch")
+        killed = _kill_on_submit(session.verifiers.group, "score_batch")
         m3 = trainer.step(3)
         assert killed and m3["faults/verifier_restarts"] == 1
         assert m3["verify/dropped"] == 0 and m3["rollout/num_samples"] == PROMPTS * SAMPLES
         _assert_ledger_exact(trainer)
-        roles.shutdown()
+
+        # An engine that dies while it loads new weights is restarted and given them: the run goes on, and the
+        # next step's samples come from the current weights.
+        killed = _kill_on_submit(session.rollout.group, "load_weights")
+        m4 = trainer.step(4)
+        assert killed and session.rollout.group.pids()[0] != killed[0], "the rollout actor was not replaced"
+        assert m4["faults/rollout_restarts"] == 1
+        m5 = trainer.step(5)
+        assert m5["rollout/logprob_diff_max"] < 1e-3, m5["rollout/logprob_diff_max"]
+        _assert_ledger_exact(trainer)
         assert ray.is_initialized()
+    assert not ray.is_initialized()  # the session shut down the Ray instance it started
 
 
 COMMON = ["data.pool_size=16", "data.prompts_per_step=8", "data.heldout_size=32", "trainer.eval_every_steps=100",

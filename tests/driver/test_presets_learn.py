@@ -9,15 +9,9 @@ actors) with the HF engine and an FSDP2 learner of one rank.
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-
-from conftest import REPO
-from rlpipe.config.schema import register_configs
-from rlpipe.config.validate import validate
-from rlpipe.driver import build
-from rlpipe.driver.prompts import build_prompts, chat_tokenizer
-from rlpipe.driver.run import make_trainer
+from rlpipe.config.compose import load_config
+from rlpipe.driver.inputs import load_prompts
+from rlpipe.driver.session import LearnerSpec, Session
 from rlpipe.verify.types import Verdict, VerdictKind
 
 pytestmark = pytest.mark.component
@@ -33,29 +27,23 @@ class DigitFraction:
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_preset_raises_reward_on_known_optimum(preset, micro_model_dir):
-    register_configs()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = OmegaConf.to_object(compose("config", overrides=[
-            f"algorithm={preset}", "cluster=local", "rollout=hf", f"model.path={micro_model_dir}",
-            "data.prompts_per_step=8", "rollout.samples_per_prompt=8", "rollout.max_response_tokens=8",
-            "algorithm.overlong_buffer_tokens=0", "algorithm.reference_reset.interval_steps=5",
-            "learner.lr=1e-2", "verifier.name=test_presets_learn:DigitFraction", "data.heldout_size=8",
-        ]))
-    if cfg.algorithm.kl_coef == 0:
-        cfg.algorithm.reference_reset.interval_steps = 0
-    validate(cfg)
-    tokenize, tokenizer = chat_tokenizer(str(micro_model_dir), cfg.data.max_prompt_tokens)
-    prompts, _ = build_prompts(cfg.data)
-    roles = build.build_roles(cfg, str(micro_model_dir), 256)
-    try:
-        trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
+    overrides = [
+        f"algorithm={preset}", "cluster=local", "rollout=hf", f"model.path={micro_model_dir}",
+        "data.prompts_per_step=8", "rollout.samples_per_prompt=8", "rollout.max_response_tokens=8",
+        "algorithm.overlong_buffer_tokens=0", "learner.lr=1e-2", "verifier.name=test_presets_learn:DigitFraction",
+        "data.heldout_size=8",
+    ]
+    with_reference = load_config(overrides).algorithm.kl_coef > 0
+    cfg = load_config(overrides + [f"algorithm.reference_reset.interval_steps={5 if with_reference else 0}"])
+    model = str(micro_model_dir)
+    tokenize, prompts, _ = load_prompts(cfg, model)
+    with Session(cfg, model, learner=LearnerSpec.of(cfg, model)) as session:
+        trainer = session.trainer(prompts, tokenize)
         rewards, resets = [], 0
         for step in range(1, STEPS + 1):
             metrics = trainer.step(step)
             rewards.append(metrics["rollout/reward_mean"])
             resets += trainer.maybe_reset_reference(step, metrics) is not None
-    finally:
-        roles.shutdown()
     first, last = sum(rewards[:3]) / 3, sum(rewards[-3:]) / 3
     print(f"{preset}: digit fraction {first:.3f} -> {last:.3f}, reference resets {resets}")
     assert last > first + 0.05, rewards

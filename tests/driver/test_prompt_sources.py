@@ -35,7 +35,39 @@ def test_curriculum_prefers_informative_prompts_and_state_round_trips():
     resumed = CurriculumPool(_items(30), seed=99, ema=1.0)
     resumed.load_state_dict(state)
     assert [p.uid for _ in range(20) for p in resumed.next_batch(5)] == picks
-    assert len(pool.next_batch(45)) == 45  # more than the pool: drawn again
+    more = pool.next_batch(45)  # more than the pool: every prompt once, never twice in a batch
+    assert len(more) == 30 and len({p.uid for p in more}) == 30
+    assert {p.uid for p in pool.next_batch(5, exclude={f"p{i}" for i in range(28)})} == {"p28", "p29"}
+
+
+def test_a_batch_across_an_epoch_boundary_holds_distinct_prompts_and_none_is_lost():
+    """10 prompts, 4 per batch: the third batch crosses into epoch 1. (Before the fix it held the same prompt twice
+    whenever the new epoch's shuffle put one of the old epoch's last prompts first.)"""
+    for seed in range(20):
+        pool = ShuffledPool(_items(10), seed=seed)
+        delivered = []
+        for _ in range(10):  # 40 prompts = 4 epochs
+            batch = [p.uid for p in pool.next_batch(4)]
+            assert len(set(batch)) == 4, (seed, batch)
+            delivered += batch
+        # every epoch's worth of deliveries covers the pool once: nothing lost, nothing doubled
+        for epoch in range(4):
+            assert sorted(delivered[10 * epoch: 10 * (epoch + 1)]) == sorted(f"p{i}" for i in range(10)), seed
+
+
+def test_rounds_of_one_step_never_repeat_a_prompt():
+    """Dynamic sampling draws several rounds for one step: later rounds exclude the step's prompts; a pool with
+    nothing left for the step gives fewer (the step's shortfall is counted)."""
+    pool = ShuffledPool(_items(6), seed=1)
+    first = {p.uid for p in pool.next_batch(4)}
+    second = {p.uid for p in pool.next_batch(4, exclude=first)}
+    assert len(second) == 2 and not first & second
+    assert pool.next_batch(4, exclude=first | second) == []
+    state = pool.state_dict()  # the cursor after skipping round-trips
+    follow = [p.uid for p in pool.next_batch(6)]
+    resumed = ShuffledPool(_items(6), seed=1)
+    resumed.load_state_dict(state)
+    assert [p.uid for p in resumed.next_batch(6)] == follow and len(set(follow)) == 6
 
 
 def test_pass_rate_table_window_keeps_the_right_prompts(tmp_path):

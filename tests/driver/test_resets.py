@@ -3,9 +3,7 @@ import torch
 
 from conftest import free_port
 from rlpipe.driver.resets import ResetPolicy
-from rlpipe.learner.batch import build_batch
-from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings
-from rlpipe.learner.worker import LearnerWorker, OptimizerSettings
+from support import counts, learner_rank, shard
 
 
 def test_reset_causes():
@@ -26,30 +24,25 @@ def test_reset_causes():
 @pytest.mark.parametrize("backend,options", [("fsdp2", {}), ("deepspeed", {"zero_stage": 2}),
                                              ("deepspeed", {"zero_stage": 3})], ids=["fsdp2", "zero2", "zero3"])
 def test_reference_reset_makes_kl_zero_and_clears_the_optimizer(micro_model_dir, backend, options):
-    worker = LearnerWorker(rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(),
-                           model_path=str(micro_model_dir), backend=backend, backend_options=options,
-                           optimizer=OptimizerSettings(lr=1e-2, max_grad_norm=0.0),
-                           objective=ObjectiveSettings(kl_coef=0.1), micro_batch_samples=8, with_reference=True, seed=0)
+    worker = learner_rank(micro_model_dir, free_port(), backend=backend, backend_options=options, lr=1e-2,
+                          kl_coef=0.1)
     g = torch.Generator().manual_seed(0)
-    batch = build_batch([[5, 6, 7]] * 6, [torch.randint(3, 60, (5,), generator=g).tolist() for _ in range(6)],
-                        [[0.0] * 5] * 6, pad_id=0)
+    prompts, responses = [[5, 6, 7]] * 6, [torch.randint(3, 60, (5,), generator=g).tolist() for _ in range(6)]
+    samples = shard(prompts, responses)
 
     def kl_now() -> float:
-        lp = worker.compute_logprobs(batch)
-        batch.old_logprobs, batch.ref_logprobs = lp["old_logprobs"], lp["ref_logprobs"]
-        return float(((lp["ref_logprobs"] - lp["old_logprobs"]).abs() * batch.response_mask).max())
+        """Max over samples of Σ_t k3(policy, reference), from the samples' preparation for an update."""
+        return float(worker.prepare(samples)["kl_sum"].abs().max())
 
     assert kl_now() == 0.0  # the reference starts as a copy of the policy
     for _ in range(3):
         kl_now()
-        batch.advantages = torch.randn(6, generator=g)
-        metrics = worker.update([(batch, GlobalCounts.of(batch.response_mask, 1))])
+        metrics = worker.update(torch.randn(6, generator=g), [counts(responses, 1)])
     assert kl_now() > 1e-3 and metrics["actor/kl"] > 0
     assert worker.backend.optimizer_state_size() > 0
     result = worker.reset_reference(reset_optimizer=True)
     assert kl_now() == 0.0
     assert result["optimizer_state_tensors"] == 0 and worker.backend.optimizer_state_size() == 0
-    batch.advantages = torch.randn(6, generator=g)
-    metrics = worker.update([(batch, GlobalCounts.of(batch.response_mask, 1))])
+    metrics = worker.update(torch.randn(6, generator=g), [counts(responses, 1)])
     assert metrics["actor/kl"] == pytest.approx(0.0, abs=1e-6)  # measured right after the reset
     worker.shutdown()

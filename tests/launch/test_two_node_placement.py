@@ -3,21 +3,17 @@ different nodes, form one gloo group across them, and a short run completes."""
 
 import pytest
 
-from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
 def test_learner_ranks_spread_over_two_nodes(micro_model_dir, tmp_path):
     import ray
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
     from ray.cluster_utils import Cluster
 
-    from rlpipe.config.schema import register_configs
-    from rlpipe.driver import build
-    from rlpipe.driver.prompts import build_prompts, chat_tokenizer
-    from rlpipe.driver.run import make_trainer
+    from rlpipe.config.compose import load_config
+    from rlpipe.driver.inputs import load_prompts
+    from rlpipe.driver.session import LearnerSpec, Session
 
     # Ray's default temp root (Cluster always records its address there); the session dir is unique, and
     # cluster.shutdown() stops only this cluster's processes.
@@ -26,22 +22,19 @@ def test_learner_ranks_spread_over_two_nodes(micro_model_dir, tmp_path):
     cluster.wait_for_nodes()
     ray.init(address=cluster.address)
     try:
-        register_configs()
-        with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-            cfg = OmegaConf.to_object(compose("config", overrides=[
-                f"model.path={micro_model_dir}", "cluster.learner_placement_strategy=STRICT_SPREAD",
-                "data.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_response_tokens=8",
-                "data.heldout_size=8", "rollout=hf"]))
-        roles = build.build_roles(cfg, str(micro_model_dir), 256)
-        nodes = roles.learner.group.get(
-            [roles.learner.group.submit_to(i, "node_id") for i in range(2)], "node_id")
-        assert len(set(nodes)) == 2, nodes
-        tokenize, tokenizer = chat_tokenizer(str(micro_model_dir), cfg.data.max_prompt_tokens)
-        prompts, _ = build_prompts(cfg.data)
-        trainer = make_trainer(cfg, roles, prompts, tokenize, tokenizer)
-        metrics = [trainer.step(s) for s in (1, 2)]
-        assert all(m["rollout/num_samples"] == 16 for m in metrics)
-        roles.shutdown()
+        cfg = load_config([
+            f"model.path={micro_model_dir}", "cluster.learner_placement_strategy=STRICT_SPREAD",
+            "data.prompts_per_step=4", "rollout.samples_per_prompt=4", "rollout.max_response_tokens=8",
+            "data.heldout_size=8", "rollout=hf"])
+        model = str(micro_model_dir)
+        tokenize, prompts, _ = load_prompts(cfg, model)
+        with Session(cfg, model, learner=LearnerSpec.of(cfg, model)) as session:  # joins the running cluster
+            group = session.learner.group
+            nodes = group.get([group.submit_to(i, "node_id") for i in range(2)], "node_id")
+            assert len(set(nodes)) == 2, nodes
+            trainer = session.trainer(prompts, tokenize)
+            metrics = [trainer.step(s) for s in (1, 2)]
+            assert all(m["rollout/num_samples"] == 16 for m in metrics)
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -9,9 +9,8 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import free_port
-from rlpipe.learner.batch import build_batch, pad_to_multiple, split_even
-from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings
-from rlpipe.learner.worker import LearnerWorker, OptimizerSettings
+from rlpipe.driver.clients import shard_plan
+from support import counts, learner_rank, shard
 
 pytestmark = pytest.mark.slow
 STEPS = 5
@@ -25,26 +24,22 @@ def _batch(vocab: int, step: int):
                for _ in range(n)]
     responses = [torch.randint(3, vocab, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
                  for _ in range(n)]
-    batch = build_batch(prompts, responses, [[0.0] * len(r) for r in responses], pad_id=0)
-    batch.advantages = torch.randn(n, generator=g)
-    return batch
+    return prompts, responses, torch.randn(n, generator=g)
 
 
 
 def _worker(rank, port, model_dir, backend, stage):
-    return LearnerWorker(
-        rank=rank, world_size=WORLD, master_addr="127.0.0.1", master_port=port, model_path=str(model_dir),
-        backend=backend, optimizer=OptimizerSettings(lr=1e-3, max_grad_norm=1.0),
-        objective=ObjectiveSettings(kl_coef=0.05, clip_low=0.2, clip_high=0.28), micro_batch_samples=2,
-        with_reference=True, seed=0, backend_options={"zero_stage": stage} if backend == "deepspeed" else {})
+    return learner_rank(model_dir, port, rank=rank, world_size=WORLD, backend=backend, max_grad_norm=1.0,
+                        micro_batch_samples=2, kl_coef=0.05, clip_high=0.28,
+                        backend_options={"zero_stage": stage} if backend == "deepspeed" else {})
 
 
 def _step(worker, rank, vocab, step):
-    batch = _batch(vocab, step)
-    shard = split_even(pad_to_multiple(batch, WORLD), WORLD)[rank]
-    logprobs = worker.compute_logprobs(shard)  # old = the current policy: ratios start at 1, as in training
-    shard.old_logprobs, shard.ref_logprobs = logprobs["old_logprobs"], logprobs["ref_logprobs"]
-    metrics = worker.update([(shard, GlobalCounts.of(batch.response_mask, WORLD))])
+    prompts, responses, advantages = _batch(vocab, step)
+    rows = [i for i, _ in shard_plan(len(responses), 1, WORLD)[rank]]
+    worker.prepare(shard(prompts, responses, rows=rows))  # old = the current policy: ratios start at 1
+    mine = torch.tensor([advantages[i] if i >= 0 else 0.0 for i in rows])
+    metrics = worker.update(mine, [counts(responses, WORLD)])
     gathered = [None] * WORLD
     torch.distributed.all_gather_object(gathered, metrics)
     return {k: sum(m[k] for m in gathered) / WORLD for k in metrics}

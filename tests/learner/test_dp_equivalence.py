@@ -1,6 +1,10 @@
 """The update is the same whether the batch is processed whole on one rank, or split into micro-batches across two
 FSDP2 ranks (real gloo process groups). Compares the pre-clip gradient norm (catches any scale error, which Adam's
-first step would hide), the loss, and the weights after one AdamW step (catches direction errors)."""
+first step would hide), the loss, and the weights after two AdamW steps (catches direction errors).
+
+The samples' behaviour logprobs are set away from the policy (``old_logprobs="rollout"``), so ratios leave the clip
+range; the second update starts from a policy that has moved away from the reference, so the KL term is non-trivial.
+"""
 
 from __future__ import annotations
 
@@ -9,52 +13,43 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import free_port
-from rlpipe.learner.batch import build_batch, pad_to_multiple, split_even
-from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings
-from rlpipe.learner.worker import LearnerWorker, OptimizerSettings
+from rlpipe.driver.clients import shard_plan
+from support import counts, learner_rank, shard
 
 pytestmark = pytest.mark.component
+N = 12
 
 
-def _batch(vocab: int):
+def _samples(vocab: int):
     g = torch.Generator().manual_seed(0)
-    n = 12
     prompts = [torch.randint(3, vocab, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(n)]
+               for _ in range(N)]
     responses = [torch.randint(3, vocab, (int(torch.randint(1, 9, (1,), generator=g)),), generator=g).tolist()
-                 for _ in range(n)]
-    batch = build_batch(prompts, responses, [[0.0] * len(r) for r in responses], pad_id=0)
-    t = batch.response_mask.shape[1]
-    # Old/ref logprobs away from the current policy, so ratios leave the clip range and the KL is non-trivial.
-    batch.old_logprobs = (-6.0 + torch.randn(n, t, generator=g)) * batch.response_mask
-    batch.ref_logprobs = (-6.0 + torch.randn(n, t, generator=g)) * batch.response_mask
-    batch.advantages = torch.randn(n, generator=g)
-    return batch
-
+                 for _ in range(N)]
+    logprobs = [(-6.0 + torch.randn(len(r), generator=g)).tolist() for r in responses]
+    return prompts, responses, logprobs, torch.randn(N, generator=g)
 
 
 def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path):
     torch.set_num_threads(1)
-    worker = LearnerWorker(
-        rank=rank, world_size=world, master_addr="127.0.0.1", master_port=port, model_path=str(model_dir),
-        backend="fsdp2", optimizer=OptimizerSettings(lr=1e-3, max_grad_norm=0.0),
-        objective=ObjectiveSettings(loss_aggregation=aggregation, kl_coef=0.1, loss_constant=8.0,
-                                    clip_low=0.2, clip_high=0.28),
-        micro_batch_samples=micro, with_reference=True, seed=0,
-    )
+    worker = learner_rank(model_dir, port, rank=rank, world_size=world, micro_batch_samples=micro,
+                          old_logprobs="rollout", loss_aggregation=aggregation, kl_coef=0.1, loss_constant=8.0,
+                          clip_high=0.28)
     from transformers import AutoConfig
 
-    batch = _batch(AutoConfig.from_pretrained(model_dir).vocab_size)
-    counts = GlobalCounts.of(batch.response_mask, world)
-    shard = split_even(pad_to_multiple(batch, world), world)[rank]
-    metrics = worker.update([(shard, counts)])
+    prompts, responses, logprobs, advantages = _samples(AutoConfig.from_pretrained(model_dir).vocab_size)
+    rows = [i for i, _ in shard_plan(N, 1, world)[rank]]
+    mine = torch.tensor([advantages[i] if i >= 0 else 0.0 for i in rows])
+    history = []
+    for _ in range(2):
+        worker.prepare(shard(prompts, responses, logprobs, rows))
+        metrics = worker.update(mine, [counts(responses, world)])
+        gathered = [None] * world
+        torch.distributed.all_gather_object(gathered, metrics)  # mean over ranks, as LearnerClient does
+        history.append({k: sum(m[k] for m in gathered) / world for k in metrics})
     weights = worker.export_weights()
-    # metrics are per-rank shares: gather them like LearnerGroup does (mean over ranks).
-    gathered = [None] * world
-    torch.distributed.all_gather_object(gathered, metrics)
     if rank == 0:
-        mean = {k: sum(m[k] for m in gathered) / world for k in metrics}
-        torch.save({"metrics": mean, "weights": weights}, out_path)
+        torch.save({"metrics": history, "weights": weights}, out_path)
     worker.shutdown()
 
 
@@ -69,8 +64,11 @@ def _run(world, model_dir, aggregation, micro, tmp_path):
 def test_two_ranks_with_micro_batches_equal_one_rank_whole_batch(micro_model_dir, aggregation, tmp_path):
     whole = _run(1, micro_model_dir, aggregation, micro=64, tmp_path=tmp_path)  # one rank, one micro-batch
     split = _run(2, micro_model_dir, aggregation, micro=2, tmp_path=tmp_path)  # 2 ranks x 3 micro-batches
-    for key in ("actor/grad_norm", "actor/pg_loss", "actor/kl", "actor/clipfrac"):
-        assert split["metrics"][key] == pytest.approx(whole["metrics"][key], rel=1e-5, abs=1e-7), key
-    assert whole["metrics"]["actor/clipfrac"] > 0  # the clip branch was exercised
+    for step in range(2):
+        for key in ("actor/grad_norm", "actor/pg_loss", "actor/kl", "actor/clipfrac"):
+            assert split["metrics"][step][key] == pytest.approx(whole["metrics"][step][key], rel=1e-5, abs=1e-7), \
+                (step, key)
+    assert whole["metrics"][0]["actor/clipfrac"] > 0  # the clip branch was exercised
+    assert whole["metrics"][1]["actor/kl"] > 1e-6  # and the KL term
     for name, w in whole["weights"].items():
         torch.testing.assert_close(split["weights"][name], w, rtol=0, atol=2e-6, msg=name)

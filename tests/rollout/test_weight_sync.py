@@ -8,23 +8,24 @@ import pytest
 import torch
 
 from conftest import free_port
-from rlpipe.learner.batch import build_batch
-from rlpipe.learner.objective import ObjectiveSettings
-from rlpipe.learner.worker import LearnerWorker, OptimizerSettings
 from rlpipe.rollout.types import GenerationRequest, SamplingSettings
+from support import counts, learner_rank, shard
 
 pytestmark = pytest.mark.component
 TEMPERATURE = 0.8  # not 1: checks that both sides apply the temperature the same way
 
 
 
-def _max_diff(engine, learner, requests, pad_id) -> float:
+def _samples(engine, requests):
     completions = engine.generate(requests, SamplingSettings(TEMPERATURE, 1.0, 24))
     prompt_ids = {r.request_id: list(r.prompt_ids) for r in requests}
-    batch = build_batch([prompt_ids[c.request_id] for c in completions], [c.response_ids for c in completions],
-                        [c.logprobs for c in completions], pad_id)
-    learner_logprobs = learner.compute_logprobs(batch)["old_logprobs"]
-    return float(((learner_logprobs - batch.rollout_logprobs).abs() * batch.response_mask).max())
+    return shard([prompt_ids[c.request_id] for c in completions], [c.response_ids for c in completions],
+                 [c.logprobs for c in completions])
+
+
+def _max_diff(engine, learner, requests) -> float:
+    samples = _samples(engine, requests)
+    return float((learner.response_logprobs(samples) - samples.rollout_logprobs).abs().max())
 
 
 @pytest.mark.parametrize("backend,options", [("fsdp2", {}), ("deepspeed", {"zero_stage": 3})],
@@ -32,12 +33,8 @@ def _max_diff(engine, learner, requests, pad_id) -> float:
 def test_vllm_logprobs_match_learner_after_push(micro_model_dir, backend, options):
     from rlpipe.rollout.vllm_engine import VLLMEngine
 
-    learner = LearnerWorker(
-        rank=0, world_size=1, master_addr="127.0.0.1", master_port=free_port(), model_path=str(micro_model_dir),
-        backend=backend, optimizer=OptimizerSettings(lr=5e-2, max_grad_norm=0.0),
-        objective=ObjectiveSettings(temperature=TEMPERATURE), micro_batch_samples=64, with_reference=False, seed=0,
-        backend_options=options,
-    )
+    learner = learner_rank(micro_model_dir, free_port(), backend=backend, backend_options=options, lr=5e-2,
+                           micro_batch_samples=64, with_reference=False, temperature=TEMPERATURE)
     engine = VLLMEngine(str(micro_model_dir), seed=0, max_model_len=128, kv_cache_bytes=64 << 20)
     tok = engine.tokenizer
     requests = [
@@ -46,24 +43,19 @@ def test_vllm_logprobs_match_learner_after_push(micro_model_dir, backend, option
                                              add_special_tokens=False)["input_ids"]), 4, 100 + i)
         for i, q in enumerate(["Compute 12 + 7.", "Compute 30 - 4 + 2.", "Compute 5 + 5."])
     ]
-    pad_id = tok.pad_token_id
 
-    assert _max_diff(engine, learner, requests, pad_id) < 1e-3  # same initial weights
+    assert _max_diff(engine, learner, requests) < 1e-3  # same initial weights
 
     # One large update so the learner's weights move away from the engine's.
-    completions = engine.generate(requests, SamplingSettings(TEMPERATURE, 1.0, 24))
-    prompt_ids = {r.request_id: list(r.prompt_ids) for r in requests}
-    batch = build_batch([prompt_ids[c.request_id] for c in completions], [c.response_ids for c in completions],
-                        [c.logprobs for c in completions], pad_id)
-    batch.old_logprobs = batch.rollout_logprobs
-    batch.advantages = torch.linspace(-1, 1, batch.num_samples)
-    from rlpipe.learner.objective import GlobalCounts
+    samples = _samples(engine, requests)
+    learner.prepare(samples)
+    responses = samples.response_ids.split(samples.response_lengths.tolist())
+    metrics = learner.update(torch.linspace(-1, 1, samples.num_samples), [counts(responses, 1)])
+    assert metrics["rollout/logprob_diff_max"] < 1e-3  # the update's own engine/learner check, same weights
 
-    learner.update([(batch, GlobalCounts.of(batch.response_mask, 1))])
-
-    before = _max_diff(engine, learner, requests, pad_id)
+    before = _max_diff(engine, learner, requests)
     engine.load_weights(learner.export_weights())
-    after = _max_diff(engine, learner, requests, pad_id)
+    after = _max_diff(engine, learner, requests)
     print(f"max |logprob diff| before push {before:.3g}, after push {after:.3g}")
     assert before > 1e-2
     assert after < 1e-3

@@ -1,0 +1,223 @@
+"""The driver's clients of the role groups: how work is spread over a group's workers, what is re-queued when a
+worker dies, and how results are put back in order. Each holds an ``ActorGroup``; none runs inside a worker."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+
+from rlpipe.driver.actors import ActorGroup, restart, run_with_requeue
+from rlpipe.learner.batch import SampleShard
+from rlpipe.learner.objective import GlobalCounts
+from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
+from rlpipe.verify.types import Verdict
+
+if TYPE_CHECKING:
+    from rlpipe.driver.collect import Rollouts
+
+log = logging.getLogger(__name__)
+
+
+def _round_robin(items: Sequence, n: int) -> list[list]:
+    return [list(items[i::n]) for i in range(n)]
+
+
+class RolloutClient:
+    """The rollout engines: requests spread round-robin, completions back in request order. An engine that dies in
+    any call (generate, weight push, sleep, wake) is restarted, given the current weights, and its share re-run."""
+
+    def __init__(self, group: ActorGroup):
+        self.group = group
+        self.faults: Counter = Counter()  # restarts and re-queued requests, read (and reset) by the trainer
+        # The last weights pushed: a restarted engine starts from the initial checkpoint and must get them again.
+        self._weights: Any = None
+
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]:
+        chunks = _round_robin(requests, self.group.size)
+        parts = run_with_requeue(self.group, "generate", chunks, (sampling,), self.faults, self._restore_weights)
+        completions = [c for part in parts for c in part]
+        order = {r.request_id: i for i, r in enumerate(requests)}
+        completions.sort(key=lambda c: (order[c.request_id], c.sample_index))
+        return completions
+
+    def load_weights(self, weights_handle: Any) -> None:
+        self._weights = weights_handle
+        self._on_every_engine("load_weights", weights_handle)
+
+    def sleep(self) -> None:
+        """Free the engines' device memory (vLLM sleep mode; a no-op on CPU) while the learner uses the devices."""
+        self._on_every_engine("sleep")
+
+    def wake_up(self) -> None:
+        self._on_every_engine("wake_up")
+
+    def _on_every_engine(self, method: str, *args: Any) -> None:
+        """``method(*args)`` on every engine; one that dies is restarted (with the current weights) and asked
+        again, until it answers or its restarts are used up (then the call fails naming it)."""
+        todo = list(range(self.group.size))
+        while todo:
+            _, died = self.group.settle([self.group.submit_to(i, method, *args) for i in todo], method, indices=todo)
+            again = []
+            for pos, i in enumerate(todo):
+                if pos in died:
+                    log.warning("%s; restarting it and repeating %s", died[pos], method)
+                    self.faults[f"{self.group.name}_restarts"] += 1
+                    restart(self.group, i, self._restore_weights)
+                    again.append(i)
+            todo = again
+
+    def _restore_weights(self, index: int) -> None:
+        """A restarted engine gets the last pushed weights (it may die again doing so: then it is restarted again)."""
+        while self._weights is not None:
+            _, died = self.group.settle([self.group.submit_to(index, "load_weights", self._weights)], "load_weights",
+                                        indices=[index])
+            if not died:
+                return
+            log.warning("%s; restarting it again", died[0])
+            self.faults[f"{self.group.name}_restarts"] += 1
+            self.group.wait_until_alive(index)
+
+
+class VerifierClient:
+    """Scores completions on the verifier workers; timeouts and infra errors are retried, then dropped (counted).
+    A verifier worker that dies is restarted and its share re-scored."""
+
+    def __init__(self, group: ActorGroup, max_retries: int):
+        self.group = group
+        self.max_retries = max_retries
+        self.faults: Counter = Counter()
+
+    def score(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Verdict | None], Counter]:
+        """Verdicts in input order (None: still timeout/error after the retries, dropped) and counts of first-try
+        verdict kinds plus ``retried`` and ``dropped``."""
+        verdicts: list[Verdict | None] = [None] * len(items)
+        pending = list(range(len(items)))
+        counts: Counter = Counter()
+        for attempt in range(self.max_retries + 1):
+            chunks = _round_robin(pending, self.group.size)
+            results = run_with_requeue(self.group, "score_batch", [[items[j] for j in c] for c in chunks], (),
+                                       self.faults)
+            still = []
+            for chunk, result in zip(chunks, results):
+                for j, v in zip(chunk, result):
+                    if attempt == 0:
+                        counts[v.kind.value] += 1
+                    if v.rewardable:
+                        verdicts[j] = v
+                    else:
+                        still.append(j)
+            if not still or attempt == self.max_retries:
+                break
+            counts["retried"] += len(still)  # scored again in the next attempt
+            pending = still
+        counts["dropped"] = sum(v is None for v in verdicts)
+        if counts["dropped"]:
+            log.warning("verifier: %d/%d samples still timed out or errored after %d retries; dropped from the batch",
+                        counts["dropped"], len(items), self.max_retries)
+        return verdicts, counts
+
+
+def shard_plan(num_samples: int, updates_per_step: int, dp_size: int) -> list[list[tuple[int, int]]]:
+    """Which samples each learner rank trains, and in which mini-batch: per rank, (sample index or -1, mini-batch).
+
+    The step's N samples are split into ``updates_per_step`` contiguous mini-batches (one optimizer step each); each
+    mini-batch is padded to a multiple of ``dp_size`` with rows that carry no tokens (-1: every rank must run the same
+    number of forward passes for FSDP's collectives) and split evenly over the ranks.
+    """
+    plan: list[list[tuple[int, int]]] = [[] for _ in range(dp_size)]
+    num_minibatches = min(updates_per_step, num_samples)
+    for mb, rows in enumerate(torch.arange(num_samples).tensor_split(num_minibatches)):
+        padded = rows.tolist() + [-1] * ((-len(rows)) % dp_size)
+        for rank, part in enumerate(torch.tensor(padded).tensor_split(dp_size)):
+            plan[rank] += [(int(i), mb) for i in part]
+    return plan
+
+
+class LearnerClient:
+    """All learner ranks. A step's samples go to the ranks once (``prepare``); only per-sample quantities come back
+    and only advantages go out again (``update``)."""
+
+    def __init__(self, group: ActorGroup, updates_per_step: int):
+        self.group = group
+        self.dp_size = group.size
+        self.updates_per_step = updates_per_step
+        self._plan: list[list[tuple[int, int]]] = []
+        self._counts: list[GlobalCounts] = []
+
+    def prepare(self, rollouts: "Rollouts", loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Send each rank its share of ``rollouts`` (``loss_mask [N]``: samples that get a loss); the ranks compute
+        old/reference logprobs and head scores and keep the share. Returns per-sample quantities, [N] each (see
+        ``LearnerRank.prepare``), and ``head_seconds`` summed over ranks."""
+        n = len(rollouts.completions)
+        self._plan = shard_plan(n, self.updates_per_step, self.dp_size)
+        lengths = torch.tensor([len(c.response_ids) for c in rollouts.completions])
+        self._counts = [GlobalCounts.of_lengths(lengths[rows], loss_mask[rows], self.dp_size)
+                        for rows in torch.arange(n).tensor_split(min(self.updates_per_step, n))]
+        shards = [_shard(rollouts, loss_mask, rows) for rows in self._plan]
+        results = self.group.call("prepare", [(s,) for s in shards])
+        merged: dict[str, torch.Tensor] = {}
+        for rows, result in zip(self._plan, results):
+            index = torch.tensor([i for i, _ in rows])
+            real = index >= 0
+            for key, values in result.items():
+                if key == "head_seconds":
+                    merged[key] = merged.get(key, torch.zeros(1)) + values
+                    continue
+                merged.setdefault(key, torch.zeros(n, dtype=values.dtype))[index[real]] = values[real]
+        return merged
+
+    def update(self, advantages: torch.Tensor) -> dict[str, float]:
+        """The optimizer steps on the prepared samples with ``advantages [N]``; metrics averaged over ranks."""
+        per_rank = []
+        for rows in self._plan:
+            index = torch.tensor([i for i, _ in rows])
+            per_rank.append((torch.where(index >= 0, advantages[index.clamp(min=0)], 0.0), self._counts))
+        results = self.group.call("update", per_rank)
+        # Ranks report shares of global means (averaged here) and local maxima ("*_max", the maximum here).
+        return {k: max(r[k] for r in results) if k.endswith("_max") else sum(r[k] for r in results) / len(results)
+                for k in results[0]}
+
+    def export_weights(self) -> Any:
+        """Gather full weights (collective over ranks); returns rank 0's handle (a Ray ObjectRef in Ray mode)."""
+        handles = self.group.submit("export_weights")
+        # The other ranks only take part in the gather.
+        self.group.get(handles[1:], "export_weights", indices=range(1, self.dp_size))
+        return handles[0]
+
+    def save_hf(self, path: str, source_model_path: str) -> None:
+        self.group.call("save_hf", [(path, source_model_path)] * self.dp_size)
+
+    def load_head_exports(self, path: str) -> None:
+        self.group.call("load_head_exports", [(path,)] * self.dp_size)
+
+    def save_checkpoint(self, path: str) -> None:
+        self.group.call("save_checkpoint", [(path,)] * self.dp_size)
+
+    def load_checkpoint(self, path: str) -> None:
+        self.group.call("load_checkpoint", [(path,)] * self.dp_size)
+
+    def reset_reference(self, reset_optimizer: bool) -> dict[str, float]:
+        return self.group.call("reset_reference", reset_optimizer=reset_optimizer)[0]
+
+
+def _shard(rollouts: "Rollouts", loss_mask: torch.Tensor, rows: Sequence[tuple[int, int]]) -> SampleShard:
+    """One rank's rows as a SampleShard: each prompt once; padding rows (-1) repeat the first sample, with no loss."""
+    first = next((i for i, _ in rows if i >= 0), 0)
+    samples = [(i if i >= 0 else first, mb, i >= 0) for i, mb in rows]
+    groups = [int(rollouts.group_index[i]) for i, _, _ in samples]
+    unique = sorted(set(groups))
+    slot = {g: k for k, g in enumerate(unique)}
+    completions = [rollouts.completions[i] for i, _, _ in samples]
+    return SampleShard.build(
+        prompts=[rollouts.requests[g].prompt_ids for g in unique],
+        prompt_index=[slot[g] for g in groups],
+        responses=[c.response_ids for c in completions],
+        logprobs=[c.logprobs for c in completions],
+        loss_mask=[bool(loss_mask[i]) and real for i, _, real in samples],
+        minibatch=[mb for _, mb, _ in samples],
+        outcome=[float(rollouts.correct[i]) for i, _, _ in samples],
+        format_ok=[not bool(rollouts.parse_failed[i]) for i, _, _ in samples],
+    )

@@ -1,0 +1,325 @@
+"""One learner rank: the policy (wrapped by a backend), the frozen reference, auxiliary heads, logprobs, updates,
+weight export.
+
+A plain class: the Ray actor around it (``rlpipe.driver.actors.RoleActor``) only forwards calls, and local mode
+builds it in-process with world size 1. A step's samples reach it once (``prepare``) and stay until ``update``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from rlpipe.learner.backend import BACKENDS
+from rlpipe.learner.batch import SampleShard, TrainBatch, num_micro_batches, split_even
+from rlpipe.learner.fsdp2 import reshard
+from rlpipe.learner.heads import build_heads
+from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
+
+OLD_LOGPROBS = ("recompute", "rollout")  # where PPO's old (behaviour) logprobs come from
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    max_grad_norm: float
+
+
+def free_port_address() -> tuple[str, int]:
+    """This node's address and a free TCP port, for the rank-0 rendezvous."""
+    addr = os.environ.get("RLPIPE_MASTER_ADDR", "127.0.0.1")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        return addr, s.getsockname()[1]
+
+
+class LearnerRank:
+    def __init__(
+        self,
+        *,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_path: str,
+        backend: str,
+        optimizer: OptimizerSettings,
+        objective: ObjectiveSettings,
+        micro_batch_samples: int,
+        with_reference: bool,
+        seed: int,
+        dtype: str,
+        backend_options: dict,
+        dist_timeout_s: float,
+        old_logprobs: str,
+        heads: Sequence[tuple[str, Any]] = (),
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        dist.init_process_group(
+            backend="nccl" if self.device.type == "cuda" else "gloo",
+            init_method=f"tcp://{master_addr}:{master_port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=dist_timeout_s),
+        )
+        torch.manual_seed(seed)
+        self.objective = objective
+        self.micro_batch_samples = micro_batch_samples
+        if old_logprobs not in OLD_LOGPROBS:
+            raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS} (got {old_logprobs!r})")
+        self.old_from_rollout = old_logprobs == "rollout"
+        torch_dtype = getattr(torch, dtype)
+        self.dtype = dtype
+        # Any valid id works under a False attention mask; the tokenizer's own keeps exported batches readable.
+        self.pad_id = AutoTokenizer.from_pretrained(model_path).pad_token_id or 0
+
+        def load() -> torch.nn.Module:
+            return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device)
+
+        policy = load()
+        hidden_size = policy.config.hidden_size
+        self.backend = self._build_backend(backend, policy, optimizer, backend_options)
+        self.reference = self._build_reference(backend, load()) if with_reference else None
+        self.heads = build_heads(heads, hidden_size, self.device, seed)
+        self.hidden_layers = tuple(sorted({h.hidden_layer for h in self.heads if h.hidden_layer is not None}))
+        self._prepared: list[TrainBatch] = []  # this step's mini-batches (this rank's rows), between prepare/update
+        self._rows: list[torch.Tensor] = []  # per mini-batch: its rows' positions in the shard
+
+    def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
+        common = dict(device_type=self.device.type, lr=optimizer.lr, betas=tuple(optimizer.betas),
+                      weight_decay=optimizer.weight_decay, max_grad_norm=optimizer.max_grad_norm)
+        if name == "fsdp2":
+            from rlpipe.learner.fsdp2 import FSDP2Backend
+
+            return FSDP2Backend(module, **common)
+        if name == "deepspeed":
+            from rlpipe.learner.deepspeed_backend import DeepSpeedBackend
+
+            return DeepSpeedBackend(module, **common, dtype=self.dtype, **options)
+        raise ValueError(f"unknown learner.backend {name!r}; valid: {', '.join(BACKENDS)}")
+
+    def _build_reference(self, name: str, module) -> torch.nn.Module:
+        module.requires_grad_(False)
+        module.eval()
+        if name == "fsdp2":
+            from rlpipe.learner.fsdp2 import shard_model
+
+            return shard_model(module, self.device.type)
+        return module  # DeepSpeed: the reference stays a full replica (inference only)
+
+    # --- the calls the driver makes -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prepare(self, shard: SampleShard) -> dict[str, torch.Tensor]:
+        """Keep this rank's share of the step for ``update``; compute its old and reference logprobs and the heads'
+        scores, one forward pass per model. Old logprobs are the current policy's (``old_logprobs="recompute"``) or
+        the engine's own (``"rollout"``: no policy forward unless a head needs one).
+
+        Returns per-sample quantities only ([n] each, in shard order): ``kl_sum`` (Σ_t k(old, ref) over the sample's
+        trained tokens, with the loss's KL estimator; when there is a reference), ``<head>_scores`` for heads that
+        score; and ``head_seconds`` [1].
+        """
+        self.backend.module.eval()
+        n = shard.num_samples
+        out: dict[str, torch.Tensor] = {"head_seconds": torch.zeros(1)}
+        self._prepared, self._rows = [], []
+        for mb in range(shard.num_minibatches()):
+            rows = (shard.minibatch == mb).nonzero().flatten()
+            batch = shard.to_train_batch(rows.tolist(), self.pad_id).to(self.device)
+            old, ref = [], []
+            for micro, micro_rows in zip(*self._micro_batches(batch, rows)):
+                micro_old, micro_ref = self._prepare_micro(micro, micro_rows, n, out)
+                old.append(micro_old)
+                ref.append(micro_ref)
+            batch.old_logprobs = torch.cat(old)  # micro-batches of one mini-batch share its width T
+            batch.ref_logprobs = torch.cat(ref) if self.reference is not None else None
+            self._prepared.append(batch)
+            self._rows.append(rows)
+        return out
+
+    def _prepare_micro(self, micro: TrainBatch, rows: torch.Tensor, n: int, out: dict[str, torch.Tensor],
+                       ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(old, reference) logprobs [m, T] of one micro-batch; its per-sample quantities go into ``out`` at
+        ``rows``."""
+        from rlpipe.algos.kl import kl_estimate
+
+        def put(key: str, values: torch.Tensor) -> None:
+            out.setdefault(key, torch.zeros(n))[rows] = values.detach().float().cpu()
+
+        old = micro.rollout_logprobs.masked_fill(~micro.response_mask, 0.0)
+        if not self.old_from_rollout or self.heads:
+            fwd = forward_logprobs(self.backend.module, micro, self.objective.temperature,
+                                   hidden_layers=self.hidden_layers)
+            start = time.perf_counter()
+            for head in self.heads:
+                scores = head.scores(fwd, micro)
+                if scores is not None:
+                    put(f"{head.name}_scores", scores)
+            out["head_seconds"] += time.perf_counter() - start
+            if not self.old_from_rollout:
+                old = fwd.logprobs
+        if self.reference is None:
+            return old, None
+        ref = forward_logprobs(self.reference, micro, self.objective.temperature).logprobs
+        put("kl_sum", (kl_estimate(old, ref, self.objective.kl_estimator) * micro.response_mask).sum(dim=1))
+        return old, ref
+
+    @torch.no_grad()
+    def response_logprobs(self, shard: SampleShard) -> torch.Tensor:
+        """The current policy's logprob of every response token, flat [Σ response lengths] in the layout of
+        ``shard.rollout_logprobs`` (to compare with the engine's); keeps nothing for an update."""
+        self.backend.module.eval()
+        rows = torch.arange(shard.num_samples)
+        batch = shard.to_train_batch(rows.tolist(), self.pad_id).to(self.device)
+        lengths = shard.response_lengths.tolist()
+        parts = []
+        for micro, micro_rows in zip(*self._micro_batches(batch, rows)):
+            logprobs = forward_logprobs(self.backend.module, micro, self.objective.temperature).logprobs.cpu()
+            parts += [logprobs[k, : lengths[i]] for k, i in enumerate(micro_rows.tolist())]
+        return torch.cat(parts) if parts else torch.zeros(0)
+
+    def _micro_batches(self, batch: TrainBatch, rows: torch.Tensor) -> tuple[list[TrainBatch], list[torch.Tensor]]:
+        k = num_micro_batches(batch.num_samples, self.micro_batch_samples)
+        return split_even(batch, k), list(rows.tensor_split(k))
+
+    def update(self, advantages: torch.Tensor, counts: Sequence[GlobalCounts]) -> dict[str, float]:
+        """One optimizer step per prepared mini-batch. ``advantages`` [n] in shard order; ``counts`` per mini-batch
+        (over every rank). Metrics are averaged over mini-batches."""
+        if len(counts) != len(self._prepared):
+            raise RuntimeError(f"update got counts for {len(counts)} mini-batches, prepare kept {len(self._prepared)}")
+        module = self.backend.module
+        module.train()
+        totals: dict[str, float] = {}
+        gap_max = 0.0
+        for index, (batch, rows, mb_counts) in enumerate(zip(self._prepared, self._rows, counts)):
+            batch.advantages = advantages[rows].to(self.device)
+            micros = split_even(batch, num_micro_batches(batch.num_samples, self.micro_batch_samples))
+            step_metrics: dict[str, float] = {}
+            for i, micro in enumerate(micros):
+                fwd = forward_logprobs(module, micro, self.objective.temperature, with_entropy=True,
+                                       hidden_layers=self.hidden_layers)
+                if index == 0:  # before the first optimizer step: engine vs learner on the weights of prepare
+                    gap = (micro.rollout_logprobs - fwd.logprobs.detach()).abs() * micro.response_mask
+                    gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
+                loss, metrics = policy_objective(fwd.logprobs, fwd.entropy, micro, mb_counts, self.objective)
+                for head in self.heads:
+                    # A head's loss is a mean over its micro-batch: micro-batches weigh equally.
+                    head_loss, head_metrics = head.loss(fwd, micro)
+                    loss = loss + head_loss / len(micros)
+                    metrics.update({k: v / len(micros) for k, v in head_metrics.items()})
+                self.backend.backward(loss, is_last_micro_batch=i == len(micros) - 1)
+                for k, v in metrics.items():
+                    step_metrics[k] = step_metrics.get(k, 0.0) + float(v)
+            step_metrics["actor/grad_norm"] = self.backend.step()
+            for head in self.heads:
+                head.step()
+            for k, v in step_metrics.items():
+                totals[k] = totals.get(k, 0.0) + v / len(self._prepared)
+        self._prepared, self._rows = [], []
+        totals["rollout/logprob_diff_max"] = gap_max  # "*_max" metrics are maxima over ranks, not means
+        totals["perf/learner_peak_mem_gib"] = self.peak_memory_gib()
+        return totals
+
+    def peak_memory_gib(self) -> float:
+        """Peak device memory on GPU; on CPU the process's peak resident set (weights, optimizer, activations)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+    def export_weights(self) -> Optional[dict[str, torch.Tensor]]:
+        """Collective. Full CPU weights on rank 0 (tied ``lm_head.weight`` included explicitly), None elsewhere."""
+        state = self.backend.full_state_dict()
+        if state is None:
+            return None
+        if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
+            # Tied embeddings: vLLM keeps its own output layer, which stays stale unless it is sent too.
+            state["lm_head.weight"] = state["model.embed_tokens.weight"]
+        return state
+
+    def save_hf(self, path: str, source_model_path: str) -> None:
+        """Collective. Rank 0 writes the policy in Hugging Face format (+ the tokenizer), loadable by vLLM."""
+        state = self.export_weights()
+        if state is None:
+            return
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source_model_path))
+        model.load_state_dict(state, assign=True)
+        model.tie_weights()
+        model.save_pretrained(path)
+        AutoTokenizer.from_pretrained(source_model_path).save_pretrained(path)
+        for head in self.heads:  # beside the HF weights: each head and how to apply it
+            head.export(path)
+
+    def load_head_exports(self, path: str) -> None:
+        """Heads saved beside exported HF weights (by ``save_hf``), e.g. for evaluation."""
+        for head in self.heads:
+            head.load_export(path)
+
+    def save_checkpoint(self, path: str) -> None:
+        """Collective: ``path/policy`` (weights + optimizer, backend format), ``path/reference``, and the heads with
+        their optimizers (``path/heads.pt``, written by rank 0: they are the same on every rank)."""
+        self.backend.save_checkpoint(f"{path}/policy")
+        if self.heads and self.rank == 0:
+            torch.save({h.name: h.state_dict() for h in self.heads}, f"{path}/heads.pt")
+        if self.reference is not None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+            reshard(self.reference)
+            dcp.save({"model": get_model_state_dict(self.reference)}, checkpoint_id=f"{path}/reference")
+
+    def load_checkpoint(self, path: str) -> None:
+        self.backend.load_checkpoint(f"{path}/policy")
+        if self.heads:
+            states = torch.load(f"{path}/heads.pt", map_location=self.device)
+            for head in self.heads:
+                head.load_state_dict(states[head.name])
+        if self.reference is not None:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+            reshard(self.reference)
+            state = {"model": get_model_state_dict(self.reference)}
+            dcp.load(state, checkpoint_id=f"{path}/reference")
+            set_model_state_dict(self.reference, state["model"])
+
+    @torch.no_grad()
+    def reset_reference(self, reset_optimizer: bool = False) -> dict[str, float]:
+        """ProRL-style reset: reference ← current policy (shard by shard); optionally clear the optimizer state."""
+        if self.reference is None:
+            raise RuntimeError("reset_reference called but this learner has no reference model (kl_coef == 0)")
+        self.backend.copy_policy_into(self.reference)
+        if reset_optimizer:
+            self.backend.reset_optimizer()
+        return {"optimizer_state_tensors": float(self.backend.optimizer_state_size())}
+
+    def node_id(self) -> str:
+        """The Ray node this rank runs on ('' outside Ray): placement tests and logs use it."""
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        except ImportError:
+            return ""
+
+    def shutdown(self) -> None:
+        self.backend.shutdown()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
