@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   - set up (first time) and run the default training job
-#   make test   - set up (first time) and run the test suite (what CI runs)
+#   make test   - set up (first time) and run the test suite: exactly what CI runs (.ci/run is `make test`)
 SHELL := /bin/bash
 PY := .venv/bin/python
 export OMP_NUM_THREADS ?= 1
@@ -23,7 +23,10 @@ setup:
 demo: setup
 	$(PY) -m rlpipe.train $(ARGS)
 
+# The same as CI (.ci/run): system packages some tests need (bubblewrap, Slurm, munge), installed when they are
+# missing and we can (root + apt), otherwise named with the tests that will skip; then every test.
 test: setup
+	@bash .ci/system-deps.sh
 	$(PY) -m pytest -q --timeout=1800 $(ARGS)
 
 test-fast: setup

@@ -96,7 +96,7 @@ def score_rows(rows: list[dict], verifier: str, options: dict[str, Any], workers
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="rlpipe-score", description=__doc__,
+    ap = argparse.ArgumentParser(prog="rlpipe score", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--verifier", required=True, choices=sorted(GOLD_FIELDS))
     ap.add_argument("--input", required=True)
@@ -106,6 +106,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--option", action="append", type=parse_option, default=[],
                     help="verifier option key=value (JSON value), e.g. timeout_s=10 or fallback=last_number")
     args = ap.parse_args(argv)
+    from pathlib import Path
+
+    if not Path(args.input).is_file():
+        ap.error(f"--input {args.input}: no such file")
+    if not Path(args.output).resolve().parent.is_dir():
+        ap.error(f"--output {args.output}: its directory does not exist")
+    if args.workers < 1 or args.retries < 0:
+        ap.error("--workers must be >= 1 and --retries >= 0")
+    try:  # a bad --option fails here, once, naming it, instead of in every worker process
+        from rlpipe.verify.batch_scorer import BatchVerifier
+
+        BatchVerifier(args.verifier, dict(args.option))
+    except (TypeError, ValueError) as e:
+        ap.error(f"--option: {e}")
     start = time.time()
     rows, problems = read_input(args.input, args.verifier)
     usable = [i for i, p in enumerate(problems) if p is None]
@@ -117,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         for i, (row, problem) in enumerate(zip(rows, problems)):
             if problem is not None:
                 result = {"verdict": "invalid_input", "reward": None, "details": {"reason": problem}}
-                print(f"rlpipe-score: skipped {problem}", file=sys.stderr)
+                print(f"rlpipe score: skipped {problem}", file=sys.stderr)
             else:
                 result = by_row[i]
                 if result["verdict"] in ("correct", "wrong", "parse_fail"):
@@ -128,7 +142,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             out.write(json.dumps({**(row or {}), **result}, default=str) + "\n")
     elapsed = time.time() - start
     mean = sum(rewards) / len(rewards) if rewards else float("nan")
-    print(f"rlpipe-score: {len(rows)} rows in {elapsed:.1f} s -> {args.output}")
+    print(f"rlpipe score: {len(rows)} rows in {elapsed:.1f} s -> {args.output}")
     print("  verdicts: " + ", ".join(f"{k} {v}" for k, v in counts.most_common()))
     print(f"  mean reward over {len(rewards)} scored rows: {mean:.4f}")
     return 0

@@ -79,3 +79,15 @@ def hydra_command(prog: str, task: Callable[[Any, dict], Any],
             sys.exit(3)
 
     return main
+
+
+class CheckOutputDir:
+    """A Hydra callback: Hydra creates ``hydra.run.dir`` (= ``trainer.output_dir``) before the command runs, so a
+    path that cannot be a directory must be refused here, with one line and exit 2, not by Hydra's traceback."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        path = Path(str(config.hydra.run.dir))
+        blocked = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            print(f"rlpipe: error: trainer.output_dir={path}: {blocked} is a file, not a directory", file=sys.stderr)
+            sys.exit(2)

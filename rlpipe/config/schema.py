@@ -310,5 +310,10 @@ class Config(Section):
 
 def register_configs() -> None:
     """Register the root schema. The presets under ``conf/`` are merged into its typed, struct-mode nodes, so an
-    unknown key in a YAML file or an override is an error naming the key."""
-    ConfigStore.instance().store(name="rlpipe_schema", node=Config)
+    unknown key in a YAML file or an override is an error naming the key. Free-form maps (``data.fields``: field
+    names of the user's data file) are the exception: their keys are the user's."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.structured(Config)
+    OmegaConf.set_struct(node.data.fields, False)
+    ConfigStore.instance().store(name="rlpipe_schema", node=node)

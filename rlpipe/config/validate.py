@@ -132,7 +132,7 @@ def _algorithm(cfg: Config) -> list[str]:
     from rlpipe.algos.aggregation import AGGREGATIONS
     from rlpipe.algos.kl import KL_ESTIMATORS, KL_LEVELS
     from rlpipe.algos.policy_loss import POLICY_LOSSES
-    from rlpipe.learner.rank import OLD_LOGPROBS
+    from rlpipe.learner.backend import OLD_LOGPROBS
 
     a, rr = cfg.algorithm, cfg.algorithm.reference_reset
     errors = _choice("algorithm.advantage", a.advantage, ADVANTAGE_ESTIMATORS.names())

@@ -8,6 +8,7 @@ import torch
 
 BACKENDS = ("fsdp2", "deepspeed")  # learner.backend
 ZERO_STAGES = (1, 2, 3)  # learner.deepspeed.zero_stage
+OLD_LOGPROBS = ("recompute", "rollout")  # algorithm.old_logprobs: where PPO's old (behaviour) logprobs come from
 
 class TrainingBackend(Protocol):
     module: torch.nn.Module  # call it for forward passes

@@ -17,13 +17,12 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.distributed as dist
 
-from rlpipe.learner.backend import BACKENDS
+from rlpipe.learner.backend import BACKENDS, OLD_LOGPROBS
 from rlpipe.learner.batch import SampleShard, TrainBatch, num_micro_batches, split_even
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
 
-OLD_LOGPROBS = ("recompute", "rollout")  # where PPO's old (behaviour) logprobs come from
 
 
 @dataclass(frozen=True)

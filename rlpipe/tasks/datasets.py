@@ -101,7 +101,10 @@ def read_rows(path: str | Path, split: Optional[str] = None) -> Iterator[tuple[i
                 if raw.strip():
                     yield n, _parse_json_line(raw, n)
     elif p.suffix == ".json":
-        rows = json.loads(p.read_text(encoding="utf-8"))
+        try:
+            rows = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{p}: not a readable JSON file ({e})") from None
         if not isinstance(rows, list):
             raise DataError(f"{p}: a .json data file must hold a list of objects")
         yield from enumerate(rows, 1)
@@ -110,7 +113,11 @@ def read_rows(path: str | Path, split: Optional[str] = None) -> Iterator[tuple[i
             import pyarrow.parquet as pq
         except ImportError as e:
             raise DataError("reading parquet needs pyarrow: pip install 'rlpipe[data]'") from e
-        yield from enumerate(pq.read_table(p).to_pylist(), 1)
+        try:
+            table = pq.read_table(p)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises its own error types for a damaged file
+            raise DataError(f"{p}: not a readable parquet file ({str(e).splitlines()[0][:200]})") from None
+        yield from enumerate(table.to_pylist(), 1)
     else:
         raise DataError(f"{p}: unknown data file type (expected .jsonl, .jsonl.gz, .json, .parquet or a directory "
                         f"saved with datasets' save_to_disk)")
@@ -132,7 +139,10 @@ def _read_hf_dataset(p: Path, split: Optional[str]):
         from datasets import DatasetDict, load_from_disk
     except ImportError as e:
         raise DataError("reading a saved Hugging Face dataset needs datasets: pip install 'rlpipe[data]'") from e
-    ds = load_from_disk(str(p))
+    try:
+        ds = load_from_disk(str(p))
+    except Exception as e:  # noqa: BLE001 - datasets raises several types for a directory it cannot read
+        raise DataError(f"{p}: not a dataset saved with save_to_disk ({str(e).splitlines()[0][:200]})") from None
     if isinstance(ds, DatasetDict):
         if split is None:
             if len(ds) != 1:
