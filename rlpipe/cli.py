@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 
 # name -> (module, one line of help). Hydra commands take config overrides; `score` has its own flags.
 COMMANDS = {
-    "train": ("rlpipe.train", "RL training run (GRPO, DAPO, AGAPO, ...): rlpipe train algorithm=dapo trainer.total_steps=200"),
+    "train": ("rlpipe.train", "an RL training run (GRPO, DAPO, AGAPO, ...): rlpipe train algorithm=dapo"),
     "eval": ("rlpipe.eval", "test-time scaling of a model: pass@k, maj@k, best-of-N, accuracy by budget"),
     "score": ("rlpipe.score", "score a file of completions with the training verifiers (--help for its flags)"),
     "filter": ("rlpipe.filter", "offline difficulty pre-pass: a pass-rate table for data.pass_rate_table"),

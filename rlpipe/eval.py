@@ -35,7 +35,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     from rlpipe.algos.metrics import auroc, best_of_n, majority_at_k, pass_at_k, within_question_auroc
     from rlpipe.driver import build
     from rlpipe.driver.collect import Rollouts
-    from rlpipe.driver.inputs import check_model_dir, load_prompts
+    from rlpipe.driver.inputs import check_context_length, check_model_dir, load_prompts
     from rlpipe.driver.prompts import make_requests
     from rlpipe.driver.session import LearnerSpec, Session
     from rlpipe.learner.score_head import saved_score_head
@@ -47,6 +47,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     budgets = sorted(set(e.budgets)) or [cfg.rollout.max_response_tokens]
     max_tokens = max(budgets)
     n = e.samples_per_prompt
+    check_context_length(model_path, cfg, max_tokens)
     head = saved_score_head(model_path)
     # One learner rank, no reference: it only scores candidates with the head saved beside the model.
     learner = LearnerSpec(num_ranks=1, with_reference=False, heads=[("sprm", head)]) if head is not None else None

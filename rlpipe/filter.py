@@ -29,13 +29,14 @@ log = logging.getLogger("rlpipe")
 
 def pass_rate_table(cfg: Config) -> dict:
     from rlpipe.driver import build
-    from rlpipe.driver.inputs import check_model_dir
+    from rlpipe.driver.inputs import check_context_length, check_model_dir
     from rlpipe.driver.prompts import chat_length, chat_tokenizer, make_requests, prompt_pool
     from rlpipe.driver.session import Session
     from rlpipe.verify.types import VerdictKind
 
     start = time.time()
     model_path = check_model_dir(build.model_dir(cfg), "model.path")
+    check_context_length(model_path, cfg)
     tokenize, tokenizer = chat_tokenizer(model_path, cfg.data.max_prompt_tokens)
     pool, _ = prompt_pool(cfg.data, chat_length(tokenizer))  # the pool training will draw from (held-out excluded)
     k = cfg.prepass.samples_per_prompt

@@ -39,7 +39,8 @@ def test_a_built_wheel_runs_a_one_step_job_outside_the_checkout(tmp_path, micro_
     run = subprocess.run(
         [sys.executable, "-m", "rlpipe", "train", "cluster=local", "rollout=hf", "algorithm=dapo",
          f"model.path={micro_model_dir}", "data.prompts_per_step=2", "rollout.samples_per_prompt=2",
-         "rollout.max_response_tokens=8", "algorithm.overlong_buffer_tokens=4", "data.heldout_size=2", "trainer.total_steps=1",
+         "rollout.max_response_tokens=8", "algorithm.overlong_buffer_tokens=4", "data.heldout_size=2",
+         "trainer.total_steps=1",
          f"trainer.output_dir={tmp_path / 'run'}", "logger.progress_bar=false"],
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]

@@ -81,7 +81,13 @@ def hydra_command(prog: str, task: Callable[[Any, dict], Any],
     return main
 
 
-class CheckOutputDir:
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - Hydra < 1.1
+    _HydraCallback = object
+
+
+class CheckOutputDir(_HydraCallback):
     """A Hydra callback: Hydra creates ``hydra.run.dir`` (= ``trainer.output_dir``) before the command runs, so a
     path that cannot be a directory must be refused here, with one line and exit 2, not by Hydra's traceback."""
 

@@ -57,6 +57,11 @@ class Rollouts:
         )
 
     @staticmethod
+    def empty() -> "Rollouts":
+        none = torch.zeros(0)
+        return Rollouts([], [], [], none, none.bool(), none.long(), none.bool())
+
+    @staticmethod
     def concat(parts: Sequence["Rollouts"]) -> "Rollouts":
         offsets, total = [], 0
         for p in parts:
@@ -85,7 +90,8 @@ class Collector:
         self.s = settings
 
     def collect(self, step: int, m: dict[str, float]) -> Rollouts:
-        """Generate and score groups until ``prompts_per_step`` are kept (timed per phase into ``m``)."""
+        """Generate and score groups until ``prompts_per_step`` are kept (timed per phase into ``m``). May be empty:
+        every group filtered (all samples of every prompt equally rewarded) or dropped (infrastructure failures)."""
         s = self.s
         kept: list[Rollouts] = []
         in_step: set[str] = set()
@@ -124,10 +130,7 @@ class Collector:
             "filter/zero_var_frac": zero_variance / max(1, generated),
             "filter/shortfall": float(max(0, s.prompts_per_step - num_kept)),
         })
-        rollouts = Rollouts.concat(kept) if kept else None
-        if rollouts is None or not rollouts.completions:
-            raise RuntimeError(f"step {step}: no scorable samples were collected (all groups filtered or dropped)")
-        return rollouts
+        return Rollouts.concat(kept) if kept else Rollouts.empty()
 
     def verify(self, prompts: Sequence[PromptItem], requests: Sequence[GenerationRequest],
                completions: Sequence[Completion], counts: Counter) -> Rollouts:

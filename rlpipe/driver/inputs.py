@@ -10,6 +10,17 @@ from rlpipe.config.schema import Config
 from rlpipe.errors import UserError
 
 
+def check_context_length(model_path: str, cfg: Config, max_response_tokens: Optional[int] = None) -> None:
+    """The engines hold prompt + response in the model's context: refuse a config that cannot fit, naming fields."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
+    response = max_response_tokens or cfg.rollout.max_response_tokens
+    if limit is not None and cfg.data.max_prompt_tokens + response > limit:
+        raise UserError(f"data.max_prompt_tokens ({cfg.data.max_prompt_tokens}) + rollout.max_response_tokens "
+                        f"({response}) is more than the {limit} positions of the model at {model_path}")
+
+
 def check_model_dir(path: str, field: str) -> str:
     """``path`` if it is a Hugging Face model directory with a config and a tokenizer, else a UserError naming
     ``field``. (Nothing is downloaded: a hub id is not a directory here.)"""

@@ -208,7 +208,8 @@ def read_pass_rates(path: str) -> tuple[dict[str, Any], dict[str, float]]:
             elif "uid" in row and "pass_rate" in row:
                 rates[row["uid"]] = float(row["pass_rate"])
             else:
-                raise UserError(f"data.pass_rate_table={path}: line {line_no}: a pass-rate row needs 'uid' and 'pass_rate'")
+                raise UserError(f"data.pass_rate_table={path}: line {line_no}: a pass-rate row needs 'uid' and "
+                                f"'pass_rate'")
     return meta, rates
 
 
@@ -235,7 +236,8 @@ def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]
         meta, rates = read_pass_rates(data.pass_rate_table)
         missing = [p.uid for p in pool if p.uid not in rates]
         if missing:
-            raise UserError(f"{len(missing)} pool prompts are not in data.pass_rate_table={data.pass_rate_table} (e.g. {missing[0]}): "
+            raise UserError(f"{len(missing)} pool prompts are not in data.pass_rate_table={data.pass_rate_table} "
+                            f"(e.g. {missing[0]}): "
                              f"it was written for another pool (its settings: {meta})")
         before = len(pool)
         pool = [p for p in pool if data.pass_rate_min <= rates[p.uid] <= data.pass_rate_max]

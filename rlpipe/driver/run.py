@@ -17,7 +17,7 @@ from rlpipe.config.schema import Config
 from rlpipe.driver import build
 from rlpipe.driver.actors import RemoteCallError, WorkerDied
 from rlpipe.driver.checkpoint import CheckpointManager, config_hash
-from rlpipe.driver.inputs import check_model_dir, load_prompts
+from rlpipe.driver.inputs import check_context_length, check_model_dir, load_prompts
 from rlpipe.driver.session import LearnerSpec, Session
 from rlpipe.driver.trainer import Trainer, heldout_accuracy
 from rlpipe.errors import RunAborted, UserError
@@ -50,6 +50,7 @@ def run(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
     resume_from = find_resume_point(t.resume, checkpoints)  # decided before anything expensive starts
     run_hash = config_hash(resolved_config)
     model_path = check_model_dir(build.model_dir(cfg), "model.path")
+    check_context_length(model_path, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     log.info("output directory: %s", run_dir)
     (run_dir / "config.json").write_text(json.dumps(resolved_config, indent=2))
@@ -116,7 +117,8 @@ def train_loop(cfg: Config, trainer: Trainer, session: Session, heldout, tokeniz
                 save(checkpoints, step, trainer, run_hash, cfg.learner.num_workers)
                 log.info("checkpoint at step %d (%.1f s)", step, time.perf_counter() - start)
             # The accuracy shown is the last evaluation's (held-out accuracy is not measured every step).
-            bar.set_postfix(reward=f"{metrics['rollout/reward_mean']:.3f}", acc=f"{last_accuracy:.3f}")
+            reward = metrics.get("rollout/reward_mean", float("nan"))  # absent on a skipped step
+            bar.set_postfix(reward=f"{reward:.3f}", acc=f"{last_accuracy:.3f}")
         bar.close()
     sinks.close()
 

@@ -61,6 +61,8 @@ class Trainer:
         m: dict[str, float] = {}
         start = time.perf_counter()
         rollouts = self.collector.collect(step, m)  # sample -> generate -> verify -> shape -> filter (timed inside)
+        if not rollouts.completions:
+            return self._skip(step, m, start)
         with timed(m, "engine_sleep"):
             self.release_engines()
         with timed(m, "prepare"):  # samples to the ranks, once: old/reference logprobs, head scores
@@ -79,6 +81,14 @@ class Trainer:
         m.update(head_metrics(rollouts, prepared))
         m.update(self._fault_metrics())
         self.last_ledger = rollouts.ledger()
+        m["timing/step"] = time.perf_counter() - start
+        return m
+
+    def _skip(self, step: int, m: dict[str, float], start: float) -> dict[str, float]:
+        """No group carried a learning signal (or every sample was dropped): no update this step, counted."""
+        log.warning("step %d: every group was filtered or dropped; no update (filter/skipped_step)", step)
+        m.update({"filter/skipped_step": 1.0, "rollout/num_samples": 0.0, **self._fault_metrics()})
+        self.last_ledger = []
         m["timing/step"] = time.perf_counter() - start
         return m
 

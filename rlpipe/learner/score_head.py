@@ -129,4 +129,5 @@ class ScoreHeadTrainer:
             json.dump(asdict(self.s), f, indent=2)
 
     def load_export(self, directory: str) -> None:
-        self.head.load_state_dict(torch.load(f"{directory}/{WEIGHTS_FILE}", map_location=next(self.head.parameters()).device))
+        device = next(self.head.parameters()).device
+        self.head.load_state_dict(torch.load(f"{directory}/{WEIGHTS_FILE}", map_location=device))

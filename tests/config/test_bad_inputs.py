@@ -128,6 +128,7 @@ def _cases(tmp, model):
         (["train", "data.pool_size=32", f"data.pass_rate_table={tmp / 'rates_other_pool.jsonl'}"], "pass_rate_table"),
         (["train", "data.pool_size=32", f"data.pass_rate_table={tmp / 'rates_no_fields.jsonl'}"], "pass_rate_table"),
         (["eval", "model.path=/nonexistent/model"], "model.path"),
+        (["train", "data.max_prompt_tokens=500", "rollout.max_response_tokens=64"], "max_prompt_tokens"),
         (["score", "--verifier", "math", "--input", str(tmp / "missing.jsonl"), "--output", str(tmp / "o.jsonl")],
          "--input"),
         (["score", "--verifier", "math", "--input", str(good), "--output", "/nonexistent/dir/o.jsonl"], "--output"),
@@ -142,8 +143,9 @@ def _cases(tmp, model):
     for argv, expect in cases:
         hydra = argv[0] in ("train", "eval", "filter")
         chosen_model = any(a.startswith("model.path=") for a in argv)
-        extra = [] if not hydra else (["logger.progress_bar=false", f"trainer.output_dir={tmp / 'runs' / str(len(out))}"]
-                                      if not any(a.startswith("trainer.output_dir=") for a in argv) else [])
+        own_dir = any(a.startswith("trainer.output_dir=") for a in argv)
+        extra = ["logger.progress_bar=false"] + ([] if own_dir else [f"trainer.output_dir={tmp / 'runs' / str(len(out))}"])
+        extra = extra if hydra else []
         out.append((argv + (model_args if hydra and not chosen_model else []) + extra, expect))
     return out
 

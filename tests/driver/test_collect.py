@@ -111,3 +111,10 @@ def test_select_groups_and_concat_renumber_groups_and_keep_samples_aligned():
     assert [p.uid for p in both.prompts] == ["c", "a", "d"] and both.group_index.tolist() == [1, 1, 0, 0, 2, 2]
     assert both.ledger() == ["a#0", "a#1", "c#0", "c#1", "d#0", "d#1"]
     assert [both.prompts[g].uid for g in both.group_index.tolist()] == [c.request_id for c in both.completions]
+
+
+def test_a_step_whose_groups_are_all_filtered_is_empty_not_an_error():
+    collector = _collector(["same"] * 6, prompts_per_step=2, rounds=2)
+    m: dict = {}
+    rollouts = collector.collect(step=1, m=m)
+    assert not rollouts.completions and m["filter/shortfall"] == 2 and m["filter/rounds"] == 2

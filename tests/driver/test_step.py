@@ -43,3 +43,21 @@ def test_steps_across_an_epoch_boundary_train_distinct_groups_and_the_ledger_lis
     finally:
         for client in (rollout, verifiers, learner):
             client.group.shutdown()
+
+
+def test_a_step_with_nothing_to_train_is_skipped_and_counted(micro_model_dir):
+    cfg = load_config(["cluster=local", f"model.path={micro_model_dir}", "data.prompts_per_step=2",
+                       f"rollout.samples_per_prompt={G}", "algorithm=dapo", "algorithm.overlong_buffer_tokens=0"])
+    learner = build_learner(cfg, str(micro_model_dir), LearnerSpec.of(cfg, str(micro_model_dir)))
+    rollout, verifiers = _clients()
+    try:
+        collector = Collector(ShuffledPool(_items(["same"] * 4), seed=0), lambda p: [1, 2, 3], rollout, verifiers,
+                              build.collect_settings(cfg))
+        trainer = Trainer(collector=collector, rollout=rollout, learner=learner, settings=build.step_settings(cfg),
+                          resets=build.reset_policy(cfg), engines_share_devices=False)
+        metrics = trainer.step(1)
+        assert metrics["filter/skipped_step"] == 1 and metrics["rollout/num_samples"] == 0
+        assert trainer.last_ledger == [] and "actor/pg_loss" not in metrics
+    finally:
+        for client in (rollout, verifiers, learner):
+            client.group.shutdown()

@@ -28,7 +28,6 @@ import pytest
 
 from conftest import HAVE_BWRAP, REPO, needs_bwrap
 from rlpipe.verify.code import CodeVerifier
-from rlpipe.verify.sandbox import SandboxUnavailable
 from rlpipe.verify.types import VerdictKind
 
 TIMEOUT_S, TEST_TIMEOUT_S = 6.0, 2.0
