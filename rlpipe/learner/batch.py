@@ -119,8 +119,17 @@ def num_micro_batches(num_samples: int, micro_batch_samples: int) -> int:
 
 def _flat(rows: Sequence[Sequence], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.int32)
-    values = [x for r in rows for x in r]
-    return torch.tensor(values, dtype=dtype), lengths
+    values = torch.tensor([x for r in rows for x in r], dtype=dtype)
+    return values, lengths
+
+
+def _token_ids(rows: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat token ids in the narrowest integer type that holds them (int16 for vocabularies under 32k: half the
+    bytes on the wire), and the row lengths. Widened to long where the model reads them."""
+    values, lengths = _flat(rows, torch.int32)
+    if values.numel() and int(values.max()) < 2**15 and int(values.min()) >= 0:
+        values = values.to(torch.int16)
+    return values, lengths
 
 
 @dataclass
@@ -130,14 +139,14 @@ class SampleShard:
     ``n`` samples continue ``u`` distinct prompts. Flat tensors are concatenations; ``*_lengths`` cut them.
     """
 
-    prompt_ids: torch.Tensor  # [Σ prompt lengths] int32
+    prompt_ids: torch.Tensor  # [Σ prompt lengths] int16 or int32 (see _token_ids)
     prompt_lengths: torch.Tensor  # [u] int32
-    prompt_index: torch.Tensor  # [n] long: the prompt each sample continues
-    response_ids: torch.Tensor  # [Σ response lengths] int32
+    prompt_index: torch.Tensor  # [n] int32: the prompt each sample continues
+    response_ids: torch.Tensor  # [Σ response lengths] int16 or int32
     response_lengths: torch.Tensor  # [n] int32
     rollout_logprobs: torch.Tensor  # [Σ response lengths] float32: the engine's sampled-token logprobs
     loss_mask: torch.Tensor  # [n] bool: False = no loss on this sample (a padding row, DAPO's overlong filter)
-    minibatch: torch.Tensor  # [n] long: the optimizer step (mini-batch) the sample is trained in
+    minibatch: torch.Tensor  # [n] int32: the optimizer step (mini-batch) the sample is trained in
     outcome: torch.Tensor  # [n] float: 1 correct, 0 not
     format_ok: torch.Tensor  # [n] bool
 
@@ -145,12 +154,12 @@ class SampleShard:
     def build(prompts: Sequence[Sequence[int]], prompt_index: Sequence[int], responses: Sequence[Sequence[int]],
               logprobs: Sequence[Sequence[float]], loss_mask: Sequence[bool], minibatch: Sequence[int],
               outcome: Sequence[float], format_ok: Sequence[bool]) -> "SampleShard":
-        prompt_ids, prompt_lengths = _flat(prompts, torch.int32)
-        response_ids, response_lengths = _flat(responses, torch.int32)
+        prompt_ids, prompt_lengths = _token_ids(prompts)
+        response_ids, response_lengths = _token_ids(responses)
         rollout_logprobs, _ = _flat(logprobs, torch.float32)
-        return SampleShard(prompt_ids, prompt_lengths, torch.tensor(prompt_index, dtype=torch.long), response_ids,
+        return SampleShard(prompt_ids, prompt_lengths, torch.tensor(prompt_index, dtype=torch.int32), response_ids,
                            response_lengths, rollout_logprobs, torch.tensor(loss_mask, dtype=torch.bool),
-                           torch.tensor(minibatch, dtype=torch.long), torch.tensor(outcome, dtype=torch.float32),
+                           torch.tensor(minibatch, dtype=torch.int32), torch.tensor(outcome, dtype=torch.float32),
                            torch.tensor(format_ok, dtype=torch.bool))
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from typing import Sequence
 
 import torch
@@ -56,7 +57,7 @@ class HFEngine:
                     request_id=req.request_id,
                     sample_index=k,
                     response_ids=ids,
-                    logprobs=logprobs[k, :length].tolist(),
+                    logprobs=array("f", logprobs[k, :length].tolist()),
                     finish_reason="stop" if stopped else "length",
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 )

@@ -28,8 +28,9 @@ class Completion:
     request_id: str
     sample_index: int  # 0..num_samples-1 within its request
     response_ids: list[int]
-    # Sampled-token logprobs under the sampling distribution (after temperature), [len(response_ids)].
-    logprobs: list[float]
+    # Sampled-token logprobs under the sampling distribution (after temperature), [len(response_ids)]; engines return
+    # them as float32 (array('f')): exact for fp32 models, and half the bytes of Python floats on the way back.
+    logprobs: Sequence[float]
     finish_reason: str  # "stop" (EOS / stop token) | "length" (hit max_response_tokens)
     text: str
 

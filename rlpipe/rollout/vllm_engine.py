@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from array import array
 from typing import Sequence
 
 import torch
@@ -82,7 +83,7 @@ class VLLMEngine:
         for req, out in zip(requests, outputs):
             for k, o in enumerate(out.outputs):
                 ids = list(o.token_ids)
-                logprobs = [step[tok].logprob for tok, step in zip(ids, o.logprobs)]
+                logprobs = array("f", [step[tok].logprob for tok, step in zip(ids, o.logprobs)])
                 completions.append(
                     Completion(
                         request_id=req.request_id,

@@ -333,7 +333,11 @@ def test_many_small_files_are_harmless(verifier):
 
 # --- writes and deletes outside the scratch space -------------------------------------------------------------------
 
-def test_writes_and_deletes_outside_reach_nothing_on_the_host(verifier, tmp_path):
+def test_writes_and_deletes_outside_reach_nothing_on_the_host(tmp_path):
+    # Its own verifier with a longer per-test limit: walking and failing to delete all of /usr takes seconds on a
+    # loaded machine, and a timeout here would hide whether the program got to the end.
+    verifier = CodeVerifier(timeout_s=30.0, test_timeout_s=20.0, memory_mb=512, total_memory_mb=1024,
+                            max_output_bytes=1 << 16, max_processes=MAX_PROCESSES, tmpfs_mb=TMPFS_MB)
     canary = tmp_path / "canary.txt"
     canary.write_text("original")
     os.chmod(tmp_path, 0o777)
