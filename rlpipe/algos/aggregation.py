@@ -32,8 +32,12 @@ def aggregate_loss(
 ) -> torch.Tensor:
     """Aggregate ``per_token_loss [N, T]`` over ``response_mask [N, T]`` (bool) into a scalar (see module docstring).
 
-    Modes: "token_mean" (DAPO, arXiv 2503.14476 eq. 12), "seq_mean_token_mean" (GRPO, arXiv 2402.03300 eq. 3),
-    "seq_mean_token_sum_norm" (Dr.GRPO, arXiv 2503.20783: divide by a constant, e.g. the max response length).
+    Modes: "token_mean" (DAPO, arXiv 2503.14476 eq. 12), "seq_mean_token_mean" (the GRPO paper's equation, arXiv
+    2402.03300 eq. 3), "seq_mean_token_sum_norm" (Dr.GRPO, arXiv 2503.20783: divide by a constant, e.g. the max
+    response length). rlpipe's ``grpo`` preset uses "token_mean", not its paper's equation: a per-response mean gives
+    each token of a short response more weight than a token of a long one (the length bias DAPO and Dr.GRPO
+    describe), and the token mean is what verl's and TRL's GRPO default to. ``algorithm.loss_aggregation=
+    seq_mean_token_mean`` gives the paper's form.
     """
     mask = response_mask.to(per_token_loss.dtype)
     masked = per_token_loss * mask

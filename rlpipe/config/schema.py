@@ -154,7 +154,8 @@ class AlgorithmConfig(Section):
     clip_high: float = _help("Upper ratio clip ε_high: ratio ≤ 1 + ε_high (DAPO clip-higher uses 0.28).", 0.2)
     dual_clip: Optional[float] = _help("Dual-clip constant c > 1 for negative advantages (arXiv 1912.09729).", None)
     loss_aggregation: str = _help(
-        "token_mean (DAPO) | seq_mean_token_mean (GRPO) | seq_mean_token_sum_norm (Dr.GRPO).", "token_mean")
+        "token_mean (DAPO; the grpo preset too, see rlpipe/algos/aggregation.py) | seq_mean_token_mean (the GRPO "
+        "paper's eq. 3) | seq_mean_token_sum_norm (Dr.GRPO).", "token_mean")
     loss_constant: Optional[float] = _help(
         "Divisor for seq_mean_token_sum_norm; default rollout.max_response_tokens.", None)
     kl_coef: float = _help("Weight of the KL to the reference (0 disables it and skips reference logprobs).", 0.001)
