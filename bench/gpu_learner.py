@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rlpipe.learner.batch import SampleShard  # noqa: E402
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings  # noqa: E402
-from rlpipe.learner.rank import LearnerRank, OptimizerSettings, free_port_address  # noqa: E402
+from rlpipe.learner.rank import CorrectionSettings, LearnerRank, OptimizerSettings, free_port_address  # noqa: E402
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
                   num_key_value_heads=2, vocab_size=151936)
@@ -64,7 +64,7 @@ def make_worker(model_path: Path, dtype: str, micro: int, lr: float, backend: st
         optimizer=OptimizerSettings(lr=lr, betas=(0.9, 0.999), weight_decay=0.0, max_grad_norm=1.0),
         objective=objective, micro_batch_samples=micro, with_reference=True, seed=0, dtype=dtype,
         backend_options={"zero_stage": zero_stage} if backend == "deepspeed" else {}, dist_timeout_s=600.0,
-        old_logprobs="recompute")
+        old_logprobs="recompute", correction=CorrectionSettings("none", 2.0, "token"))
 
 
 def samples(prompts, responses, logprobs, minibatches: int = 1) -> SampleShard:

@@ -131,6 +131,7 @@ def _algorithm(cfg: Config) -> list[str]:
     from rlpipe.algos.advantages import ADVANTAGE_ESTIMATORS
     from rlpipe.algos.aggregation import AGGREGATIONS
     from rlpipe.algos.kl import KL_ESTIMATORS, KL_LEVELS
+    from rlpipe.algos.offpolicy import CORRECTIONS, LEVELS
     from rlpipe.algos.policy_loss import POLICY_LOSSES
     from rlpipe.learner.backend import OLD_LOGPROBS
 
@@ -146,6 +147,15 @@ def _algorithm(cfg: Config) -> list[str]:
         errors.append(f"algorithm.old_logprobs=rollout needs model.dtype=float32: in {cfg.model.dtype} the engine's "
                       f"and the learner's logprobs differ (different kernels and rounding), so the engine's are not "
                       f"the learner's old policy; use algorithm.old_logprobs=recompute")
+    errors += _choice("algorithm.rollout_correction", a.rollout_correction, CORRECTIONS)
+    errors += _choice("algorithm.rollout_correction_level", a.rollout_correction_level, LEVELS)
+    errors += _at_least("algorithm.rollout_correction_threshold", a.rollout_correction_threshold, 1, strict=True)
+    if a.rollout_correction != "none" and a.old_logprobs == "rollout":
+        errors.append(f"algorithm.rollout_correction={a.rollout_correction} weighs the engine's logprobs against the "
+                      f"learner's recomputed ones: it needs algorithm.old_logprobs=recompute")
+    if a.rollout_correction == "decoupled" and a.rollout_correction_level != "token":
+        errors.append("algorithm.rollout_correction=decoupled is token-level (algorithm.rollout_correction_level="
+                      "token)")
     errors += _in_range("algorithm.clip_low", a.clip_low, 0, 1, high_open=True)
     errors += _at_least("algorithm.clip_high", a.clip_high, 0)
     if a.dual_clip is not None and a.dual_clip <= 1:
@@ -265,6 +275,10 @@ def _logger(cfg: Config) -> list[str]:
 def _trainer(cfg: Config) -> list[str]:
     t = cfg.trainer
     errors = _at_least("trainer.total_steps", t.total_steps, 1)
+    errors += _at_least("trainer.max_staleness_steps", t.max_staleness_steps, 0)
+    if t.max_staleness_steps > 0 and cfg.cluster.placement == "colocated":
+        errors.append("trainer.max_staleness_steps > 0 needs cluster.placement=split: colocated engines sleep while "
+                      "the learner trains, so they cannot generate ahead")
     errors += _at_least("trainer.eval_every_steps", t.eval_every_steps, 1)
     errors += _at_least("trainer.save_every_steps", t.save_every_steps, 0)
     errors += _at_least("trainer.keep_checkpoints", t.keep_checkpoints, 1)

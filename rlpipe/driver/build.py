@@ -7,7 +7,7 @@ from rlpipe.driver.collect import CollectSettings
 from rlpipe.driver.resets import ResetPolicy
 from rlpipe.driver.trainer import StepSettings
 from rlpipe.learner.objective import ObjectiveSettings
-from rlpipe.learner.rank import OptimizerSettings
+from rlpipe.learner.rank import CorrectionSettings, OptimizerSettings
 from rlpipe.rollout.types import SamplingSettings
 
 
@@ -35,6 +35,12 @@ def optimizer_settings(cfg: Config) -> OptimizerSettings:
                              max_grad_norm=lr.max_grad_norm)
 
 
+def correction_settings(cfg: Config) -> CorrectionSettings:
+    a = cfg.algorithm
+    return CorrectionSettings(mode=a.rollout_correction, threshold=a.rollout_correction_threshold,
+                              level=a.rollout_correction_level)
+
+
 def sampling_settings(cfg: Config) -> SamplingSettings:
     r = cfg.rollout
     return SamplingSettings(temperature=r.temperature, top_p=r.top_p, max_response_tokens=r.max_response_tokens)
@@ -51,6 +57,7 @@ def collect_settings(cfg: Config) -> CollectSettings:
         max_generation_rounds=a.max_generation_rounds,
         overlong_buffer_tokens=a.overlong_buffer_tokens,
         overlong_penalty=a.overlong_penalty,
+        max_staleness_steps=cfg.trainer.max_staleness_steps,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
@@ -25,30 +26,102 @@ def _round_robin(items: Sequence, n: int) -> list[list]:
     return [list(items[i::n]) for i in range(n)]
 
 
+@dataclass
+class PendingGeneration:
+    """A generate call in flight: its chunks, one per engine, and each chunk's policy version (the weights the engine
+    will have loaded when it reaches the call: its tasks run in submission order)."""
+
+    requests: list[GenerationRequest]
+    sampling: SamplingSettings
+    chunks: list[list[GenerationRequest]]
+    handles: list  # per engine with a chunk: a Ray ObjectRef, or the result in local mode
+    engines: list[int]
+    versions: list[int]
+
+
 class RolloutClient:
-    """The rollout engines: requests spread round-robin, completions back in request order. An engine that dies in
-    any call (generate, weight push, sleep, wake) is restarted, given the current weights, and its share re-run."""
+    """The rollout engines: requests spread round-robin, completions back in request order, each stamped with the
+    policy version that generated it. An engine that dies in any call (generate, weight push, sleep, wake) is
+    restarted, given the current weights, and its share re-run.
+
+    Weight pushes do not wait: an engine runs its calls in order, so a generate call submitted after a push is served
+    by the pushed weights, and one submitted before it by the previous ones (every sample has one version). A push
+    that failed is found, and its engine restarted, at the next wait.
+    """
 
     def __init__(self, group: ActorGroup):
         self.group = group
         self.faults: Counter = Counter()  # restarts and re-queued requests, read (and reset) by the trainer
         # The last weights pushed: a restarted engine starts from the initial checkpoint and must get them again.
         self._weights: Any = None
+        self.version = 0  # policy version of the last weights pushed (= learner updates so far)
+        self._engine_version = [0] * group.size
+        self._pushes: list[tuple[int, Any]] = []  # (engine, handle) of pushes not yet known to have finished
 
-    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]:
-        chunks = _round_robin(requests, self.group.size)
-        parts = run_with_requeue(self.group, "generate", chunks, (sampling,), self.faults, self._restore_weights)
-        completions = [c for part in parts for c in part]
-        order = {r.request_id: i for i, r in enumerate(requests)}
+    def submit(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> PendingGeneration:
+        chunks = [c for c in _round_robin(list(requests), self.group.size)]
+        engines = [i for i, c in enumerate(chunks) if c]
+        handles = [self.group.submit_to(i, "generate", chunks[i], sampling) for i in engines]
+        return PendingGeneration(list(requests), sampling, chunks, handles, engines,
+                                 [self._engine_version[i] for i in engines])
+
+    def wait(self, pending: PendingGeneration) -> list[Completion]:
+        """The completions of ``pending`` in request order; a chunk whose engine died is re-run on the restarted
+        engine (with the current weights: its version is then the current one)."""
+        self._settle_pushes()
+        parts: dict[int, list[Completion]] = {}
+        todo = list(zip(pending.engines, pending.handles, pending.versions))
+        while todo:
+            results, died = self.group.settle([h for _, h, _ in todo], "generate", indices=[i for i, _, _ in todo])
+            again = []
+            for pos, (i, _, version) in enumerate(todo):
+                if pos not in died:
+                    for c in results[pos]:
+                        c.policy_version = version
+                    parts[i] = results[pos]
+                    continue
+                log.warning("%s; re-queueing its %d request(s) on the restarted engine", died[pos],
+                            len(pending.chunks[i]))
+                self.faults[f"{self.group.name}_restarts"] += 1
+                self.faults[f"{self.group.name}_requeued"] += len(pending.chunks[i])
+                restart(self.group, i, self._restore_weights)
+                again.append((i, self.group.submit_to(i, "generate", pending.chunks[i], pending.sampling),
+                              self._engine_version[i]))
+            todo = again
+        completions = [c for i in sorted(parts) for c in parts[i]]
+        order = {r.request_id: k for k, r in enumerate(pending.requests)}
         completions.sort(key=lambda c: (order[c.request_id], c.sample_index))
         return completions
 
-    def load_weights(self, weights_handle: Any) -> None:
-        self._weights = weights_handle
-        self._on_every_engine("load_weights", weights_handle)
+    def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]:
+        return self.wait(self.submit(requests, sampling))
+
+    def push_weights(self, weights_handle: Any, version: int) -> None:
+        """Give every engine new weights (policy ``version``) without waiting for them to load."""
+        self._weights, self.version = weights_handle, version
+        for i in range(self.group.size):
+            self._pushes.append((i, self.group.submit_to(i, "load_weights", weights_handle)))
+            self._engine_version[i] = version
+
+    def load_weights(self, weights_handle: Any, version: int) -> None:
+        """``push_weights``, then wait until every engine has them (a resume, before anything is generated)."""
+        self.push_weights(weights_handle, version)
+        self._settle_pushes()
+
+    def _settle_pushes(self) -> None:
+        """Wait for the pushes in flight; an engine that died loading weights is restarted and given them again."""
+        pushes, self._pushes = self._pushes, []
+        if not pushes:
+            return
+        _, died = self.group.settle([h for _, h in pushes], "load_weights", indices=[i for i, _ in pushes])
+        for pos in sorted(died):
+            log.warning("%s; restarting it and pushing the weights again", died[pos])
+            self.faults[f"{self.group.name}_restarts"] += 1
+            restart(self.group, pushes[pos][0], self._restore_weights)
 
     def sleep(self) -> None:
         """Free the engines' device memory (vLLM sleep mode; a no-op on CPU) while the learner uses the devices."""
+        self._settle_pushes()
         self._on_every_engine("sleep")
 
     def wake_up(self) -> None:
@@ -75,10 +148,11 @@ class RolloutClient:
             _, died = self.group.settle([self.group.submit_to(index, "load_weights", self._weights)], "load_weights",
                                         indices=[index])
             if not died:
-                return
+                break
             log.warning("%s; restarting it again", died[0])
             self.faults[f"{self.group.name}_restarts"] += 1
             self.group.wait_until_alive(index)
+        self._engine_version[index] = self.version
 
 
 class VerifierClient:
@@ -153,9 +227,6 @@ class LearnerClient:
         ``LearnerRank.prepare``), and ``head_seconds`` summed over ranks."""
         n = len(rollouts.completions)
         self._plan = shard_plan(n, self.updates_per_step, self.dp_size)
-        lengths = torch.tensor([len(c.response_ids) for c in rollouts.completions])
-        self._counts = [GlobalCounts.of_lengths(lengths[rows], loss_mask[rows], self.dp_size)
-                        for rows in torch.arange(n).tensor_split(min(self.updates_per_step, n))]
         shards = [_shard(rollouts, loss_mask, rows) for rows in self._plan]
         results = self.group.call("prepare", [(s,) for s in shards])
         merged: dict[str, torch.Tensor] = {}
@@ -167,6 +238,10 @@ class LearnerClient:
                     merged[key] = merged.get(key, torch.zeros(1)) + values
                     continue
                 merged.setdefault(key, torch.zeros(n, dtype=values.dtype))[index[real]] = values[real]
+        # The loss's global counts: the tokens each sample trains after the off-policy correction's mask.
+        trained = merged["trained_tokens"].long()
+        self._counts = [GlobalCounts.of_lengths(trained[rows], torch.ones(len(rows), dtype=torch.bool), self.dp_size)
+                        for rows in torch.arange(n).tensor_split(min(self.updates_per_step, n))]
         return merged
 
     def update(self, advantages: torch.Tensor) -> dict[str, float]:

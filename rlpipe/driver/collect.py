@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from rlpipe.algos.shaping import overlong_penalty, zero_variance_group_mask
-from rlpipe.driver.clients import RolloutClient, VerifierClient
+from rlpipe.driver.clients import PendingGeneration, RolloutClient, VerifierClient
 from rlpipe.driver.prompts import PromptItem, PromptSource, make_requests
 from rlpipe.driver.timing import timed
 from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
@@ -31,6 +31,19 @@ class CollectSettings:
     max_generation_rounds: int
     overlong_buffer_tokens: int
     overlong_penalty: float
+    max_staleness_steps: int  # 0: generate each step's samples at its start; k: up to k steps ahead
+
+
+@dataclass
+class Draw:
+    """One generation round of a step: its prompts and requests, in flight (``pending``) or done (``completions``)."""
+
+    step: int
+    round: int
+    prompts: list[PromptItem]
+    requests: list[GenerationRequest]
+    pending: Optional[PendingGeneration] = None
+    completions: Optional[list[Completion]] = None
 
 
 @dataclass
@@ -81,6 +94,11 @@ class Rollouts:
 
 
 class Collector:
+    """Collects each step's rollouts. With ``max_staleness_steps = k`` the first round of steps t..t+k is in flight
+    while step t trains: the engines generate ahead with the weights they have (at most k versions behind the
+    learner when trained); ``k = 0`` is the synchronous step. Later rounds (dynamic sampling's refills) are drawn and
+    generated when needed."""
+
     def __init__(self, prompts: PromptSource, tokenize: Callable[[PromptItem], list[int]], rollout: RolloutClient,
                  verifiers: VerifierClient, settings: CollectSettings):
         self.prompts = prompts
@@ -88,6 +106,41 @@ class Collector:
         self.rollout = rollout
         self.verifiers = verifiers
         self.s = settings
+        self.ahead: dict[int, Draw] = {}  # step -> its first round, drawn and submitted before the step
+
+    def _draw(self, step: int, round_: int, n: int, exclude: set[str]) -> Draw:
+        prompts = self.prompts.next_batch(n, exclude=exclude)
+        requests = make_requests(prompts, self.tokenize, self.s.samples_per_prompt, self.s.seed, step, round_)
+        draw = Draw(step, round_, prompts, requests)
+        if prompts:
+            draw.pending = self.rollout.submit(requests, self.s.sampling)
+        return draw
+
+    def fill(self, step: int) -> None:
+        """Draw and submit the first round of steps ``step`` .. ``step + max_staleness_steps`` not yet in flight."""
+        for ahead in range(step, step + self.s.max_staleness_steps + 1):
+            if ahead not in self.ahead:
+                self.ahead[ahead] = self._draw(ahead, 0, self.s.prompts_per_step, set())
+
+    def _completions(self, draw: Draw) -> list[Completion]:
+        if draw.completions is None:
+            draw.completions = self.rollout.wait(draw.pending) if draw.pending is not None else []
+            draw.pending = None
+        return draw.completions
+
+    def drain(self) -> None:
+        """Wait for every round in flight (before a checkpoint: what is saved must not depend on timing)."""
+        for draw in self.ahead.values():
+            self._completions(draw)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The rounds drawn ahead, with their completions (``drain`` first): a resumed run trains exactly these."""
+        self.drain()
+        return {"ahead": {step: (d.prompts, d.requests, d.completions) for step, d in self.ahead.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ahead = {step: Draw(step, 0, prompts, requests, None, completions)
+                      for step, (prompts, requests, completions) in state["ahead"].items()}
 
     def collect(self, step: int, m: dict[str, float]) -> Rollouts:
         """Generate and score groups until ``prompts_per_step`` are kept (timed per phase into ``m``). May be empty:
@@ -97,15 +150,19 @@ class Collector:
         in_step: set[str] = set()
         num_kept = generated = zero_variance = rounds = 0
         counts: Counter = Counter()
+        staleness: Counter = Counter()
+        with timed(m, "sample"):
+            self.fill(step)
         while num_kept < s.prompts_per_step and rounds < (s.max_generation_rounds if s.dynamic_sampling else 1):
             with timed(m, "sample"):
-                prompts = self.prompts.next_batch(s.prompts_per_step - num_kept, exclude=in_step)
-                requests = make_requests(prompts, self.tokenize, s.samples_per_prompt, s.seed, step, rounds)
+                draw = self.ahead.pop(step) if rounds == 0 else self._draw(step, rounds, s.prompts_per_step - num_kept,
+                                                                           in_step)
+                prompts, requests = draw.prompts, draw.requests
             if not prompts:
                 break  # a fixed pool with no prompt left that this step does not already have
             in_step.update(p.uid for p in prompts)
-            with timed(m, "generate"):
-                completions = self.rollout.generate(requests, s.sampling)
+            with timed(m, "generate"):  # in asynchronous mode: the wait for samples generated while training
+                completions = self._fresh(self._completions(draw), staleness)
             with timed(m, "verify"):
                 scored = self.verify(prompts, requests, completions, counts)
             informative = zero_variance_group_mask(scored.rewards, scored.group_index)
@@ -129,8 +186,20 @@ class Collector:
             "filter/kept_frac": num_kept / max(1, generated),
             "filter/zero_var_frac": zero_variance / max(1, generated),
             "filter/shortfall": float(max(0, s.prompts_per_step - num_kept)),
+            **staleness_metrics(staleness, s.max_staleness_steps),
         })
         return Rollouts.concat(kept) if kept else Rollouts.empty()
+
+    def _fresh(self, completions: list[Completion], staleness: Counter) -> list[Completion]:
+        """The completions at most ``max_staleness_steps`` policy versions behind the learner; older ones (possible
+        only after a restart or resume) are dropped and counted as ``"dropped"`` in ``staleness``."""
+        kept = []
+        for c in completions:
+            behind = self.rollout.version - c.policy_version
+            staleness[behind if behind <= self.s.max_staleness_steps else "dropped"] += 1
+            if behind <= self.s.max_staleness_steps:
+                kept.append(c)
+        return kept
 
     def verify(self, prompts: Sequence[PromptItem], requests: Sequence[GenerationRequest],
                completions: Sequence[Completion], counts: Counter) -> Rollouts:
@@ -150,3 +219,13 @@ class Collector:
         parse_failed = torch.tensor([v.kind == VerdictKind.PARSE_FAIL for _, v in pairs], dtype=torch.bool)
         self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})
         return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index, parse_failed)
+
+
+def staleness_metrics(staleness: Counter, max_staleness_steps: int) -> dict[str, float]:
+    """How many policy versions behind the learner the step's samples were: a histogram (fractions), the mean, and
+    the count dropped for being older than ``max_staleness_steps``."""
+    total = sum(v for k, v in staleness.items() if k != "dropped")
+    out = {f"async/staleness_{j}": staleness[j] / max(1, total) for j in range(max_staleness_steps + 1)}
+    out["async/staleness_mean"] = sum(j * staleness[j] for j in range(max_staleness_steps + 1)) / max(1, total)
+    out["async/dropped_stale"] = float(staleness["dropped"])
+    return out

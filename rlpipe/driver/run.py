@@ -100,7 +100,8 @@ def train_loop(cfg: Config, trainer: Trainer, session: Session, heldout, tokeniz
                    disable=not cfg.logger.progress_bar, dynamic_ncols=True)
         for step in bar:
             metrics = trainer.step(step)
-            ledger.write(json.dumps({"step": step, "samples": trainer.last_ledger}) + "\n")
+            ledger.write(json.dumps({"step": step, "samples": trainer.last_ledger,
+                                     "policy_versions": trainer.last_versions}) + "\n")
             ledger.flush()
             if step % t.eval_every_steps == 0 or step == t.total_steps:
                 metrics.update(evaluate())
@@ -152,6 +153,8 @@ def save(checkpoints: CheckpointManager, step: int, trainer: Trainer, run_hash: 
             "step": step,
             "prompts": trainer.prompts.state_dict(),
             "resets": trainer.resets.state_dict(),
+            "collector": trainer.collector.state_dict(),  # rounds drawn ahead of the step, with their samples
+            "policy_version": trainer.rollout.version,
             "python_random": random.getstate(),
             "torch_random": torch.get_rng_state(),
         }, tmp / "driver.pt")
@@ -175,7 +178,8 @@ def restore(path: Path, trainer: Trainer, run_hash: str) -> int:
     trainer.resets.load_state_dict(state["resets"])
     random.setstate(state["python_random"])
     torch.set_rng_state(state["torch_random"])
-    trainer.rollout.load_weights(trainer.learner.export_weights())
+    trainer.collector.load_state_dict(state["collector"])
+    trainer.rollout.load_weights(trainer.learner.export_weights(), version=state["policy_version"])
     log.info("resumed from %s (step %d)", path, state["step"])
     return state["step"]
 

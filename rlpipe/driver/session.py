@@ -135,6 +135,7 @@ def build_learner(cfg: Config, model_path: str, spec: LearnerSpec) -> LearnerCli
         micro_batch_samples=cfg.learner.micro_batch_samples,
         with_reference=spec.with_reference,
         old_logprobs=cfg.algorithm.old_logprobs,
+        correction=build.correction_settings(cfg),
         seed=cfg.trainer.seed,
         dtype=cfg.model.dtype,
         dist_timeout_s=timeout,

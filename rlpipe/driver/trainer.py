@@ -52,6 +52,7 @@ class Trainer:
         self.release_engines: Callable[[], None] = rollout.sleep if engines_share_devices else _nothing
         self.restore_engines: Callable[[], None] = rollout.wake_up if engines_share_devices else _nothing
         self.last_ledger: list[str] = []  # which samples the last step trained on, for the run's ledger
+        self.last_versions: list[int] = []  # and the policy version that generated each
 
     @property
     def prompts(self):
@@ -75,12 +76,14 @@ class Trainer:
             m.update(self.learner.update(advantages))
         with timed(m, "engine_wake"):
             self.restore_engines()
-        with timed(m, "sync_weights"):
-            self.rollout.load_weights(self.learner.export_weights())
+        with timed(m, "sync_weights"):  # handed to the engines; each loads it after the calls it already has
+            self.rollout.push_weights(self.learner.export_weights(), version=self.rollout.version + 1)
         m.update(rollout_metrics(rollouts))
+        m.update(offpolicy_metrics(prepared, self.loss_mask(rollouts), rollouts))
         m.update(head_metrics(rollouts, prepared))
         m.update(self._fault_metrics())
         self.last_ledger = rollouts.ledger()
+        self.last_versions = [c.policy_version for c in rollouts.completions]
         m["timing/step"] = time.perf_counter() - start
         return m
 
@@ -88,7 +91,7 @@ class Trainer:
         """No group carried a learning signal (or every sample was dropped): no update this step, counted."""
         log.warning("step %d: every group was filtered or dropped; no update (filter/skipped_step)", step)
         m.update({"filter/skipped_step": 1.0, "rollout/num_samples": 0.0, **self._fault_metrics()})
-        self.last_ledger = []
+        self.last_ledger, self.last_versions = [], []
         m["timing/step"] = time.perf_counter() - start
         return m
 
@@ -143,6 +146,21 @@ def rollout_metrics(rollouts: Rollouts) -> dict[str, float]:
         "rollout/truncated_frac": sum(c.finish_reason == "length" for c in rollouts.completions) / len(lengths),
         "rollout/num_samples": float(len(lengths)),
         "rollout/generated_tokens": float(lengths.sum()),
+    }
+
+
+def offpolicy_metrics(prepared: dict[str, torch.Tensor], loss_mask: torch.Tensor,
+                      rollouts: Rollouts) -> dict[str, float]:
+    """The off-policy correction's weights over the trained tokens, and the share of tokens it truncated or left out
+    (rlpipe.algos.offpolicy). Without a correction the weights are 1 and nothing is limited."""
+    lengths = torch.tensor([len(c.response_ids) for c in rollouts.completions], dtype=torch.float32)
+    trained = float(prepared["trained_tokens"].sum())
+    limited = prepared.get("is_limited")
+    return {
+        "offpolicy/is_weight_mean": float(prepared["is_weight_sum"].sum()) / max(1.0, trained),
+        "offpolicy/is_weight_max": float(prepared["is_weight_max"].max()),
+        "offpolicy/limited_frac": (float(limited.sum()) if limited is not None else 0.0)
+        / max(1.0, float((lengths * loss_mask).sum())),
     }
 
 

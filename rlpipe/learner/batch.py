@@ -33,6 +33,7 @@ class TrainBatch:
     advantages: Optional[torch.Tensor] = None  # [N]
     old_logprobs: Optional[torch.Tensor] = None  # [N, T]
     ref_logprobs: Optional[torch.Tensor] = None  # [N, T]
+    is_weights: Optional[torch.Tensor] = None  # [N, T] off-policy importance weights (rlpipe.algos.offpolicy)
     outcome: Optional[torch.Tensor] = None  # [N] float: 1 if the verifier judged the sample correct, else 0
     format_ok: Optional[torch.Tensor] = None  # [N] bool: an answer could be extracted (auxiliary heads' labels)
 

@@ -134,6 +134,9 @@ class DeepSpeedBackend:
         """Destroy the process group through DeepSpeed, which also drops the groups it cached: a later DeepSpeed
         engine in this process (tests, local mode) would otherwise use groups of the destroyed one."""
         import deepspeed.comm
+        from deepspeed.utils import groups
 
         if dist.is_initialized():
             deepspeed.comm.destroy_process_group()
+        # DeepSpeed caches a clone of the world group at module level; a later engine would use the destroyed one.
+        groups._WORLD_GROUP = None

@@ -79,9 +79,12 @@ def forward_logprobs(
     """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy
     and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2 is the second-to-last)."""
     p = batch.prompt_len
+    t = batch.response_mask.shape[1]
+    # Logits for the last T+1 positions only (the output layer never runs over the prompt): position p-1+t predicts
+    # input_ids[:, p+t], so the last position's are dropped.
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                output_hidden_states=bool(hidden_layers))
-    logits = out.logits[:, p - 1 : -1].float()  # [N, T, V]: position p-1+t predicts input_ids[:, p+t]
+                output_hidden_states=bool(hidden_layers), logits_to_keep=t + 1)
+    logits = out.logits[:, :-1].float()  # [N, T, V]
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     targets = batch.input_ids[:, p:]  # [N, T]
@@ -124,6 +127,8 @@ def policy_objective(
     per_token, pl_metrics = compute_policy_loss(
         settings.policy_loss, logprobs, batch.old_logprobs, batch.advantages, mask, **settings.policy_loss_options()
     )
+    if batch.is_weights is not None:  # off-policy correction: w_t × the surrogate (weights are constants)
+        per_token = per_token * batch.is_weights
     pg_loss = aggregate_loss(per_token, mask, **agg)
     loss = pg_loss
     metrics = {"actor/pg_loss": pg_loss.detach()}

@@ -18,10 +18,19 @@ import torch
 import torch.distributed as dist
 
 from rlpipe.learner.backend import BACKENDS, OLD_LOGPROBS
-from rlpipe.learner.batch import SampleShard, TrainBatch, num_micro_batches, split_even
+from rlpipe.learner.batch import SampleShard, TrainBatch, num_micro_batches
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
+
+
+@dataclass(frozen=True)
+class CorrectionSettings:
+    """Off-policy correction of the loss (``algorithm.rollout_correction*``; rlpipe.algos.offpolicy)."""
+
+    mode: str
+    threshold: float
+    level: str
 
 
 
@@ -60,6 +69,7 @@ class LearnerRank:
         backend_options: dict,
         dist_timeout_s: float,
         old_logprobs: str,
+        correction: CorrectionSettings,
         heads: Sequence[tuple[str, Any]] = (),
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -79,6 +89,7 @@ class LearnerRank:
         if old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS} (got {old_logprobs!r})")
         self.old_from_rollout = old_logprobs == "rollout"
+        self.correction = correction
         torch_dtype = getattr(torch, dtype)
         self.dtype = dtype
         # Any valid id works under a False attention mask; the tokenizer's own keeps exported batches readable.
@@ -93,8 +104,8 @@ class LearnerRank:
         self.reference = self._build_reference(backend, load()) if with_reference else None
         self.heads = build_heads(heads, hidden_size, self.device, seed)
         self.hidden_layers = tuple(sorted({h.hidden_layer for h in self.heads if h.hidden_layer is not None}))
-        self._prepared: list[TrainBatch] = []  # this step's mini-batches (this rank's rows), between prepare/update
-        self._rows: list[torch.Tensor] = []  # per mini-batch: its rows' positions in the shard
+        # This step's micro-batches, per mini-batch, with their rows' positions in the shard: kept from prepare to update.
+        self._prepared: list[list[tuple[TrainBatch, torch.Tensor]]] = []
 
     def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
         common = dict(device_type=self.device.type, lr=optimizer.lr, betas=tuple(optimizer.betas),
@@ -126,26 +137,35 @@ class LearnerRank:
         scores, one forward pass per model. Old logprobs are the current policy's (``old_logprobs="recompute"``) or
         the engine's own (``"rollout"``: no policy forward unless a head needs one).
 
-        Returns per-sample quantities only ([n] each, in shard order): ``kl_sum`` (Σ_t k(old, ref) over the sample's
-        trained tokens, with the loss's KL estimator; when there is a reference), ``<head>_scores`` for heads that
-        score; and ``head_seconds`` [1].
+        Returns per-sample quantities only ([n] each, in shard order): ``trained_tokens`` (tokens that get a loss,
+        after the off-policy correction's mask), ``is_weight_sum`` / ``is_weight_max`` / ``is_limited`` (that
+        correction's weights over the trained tokens and how many tokens it truncated or masked), ``kl_sum`` (Σ_t
+        k(old, ref) over the trained tokens, with the loss's KL estimator; when there is a reference),
+        ``<head>_scores`` for heads that score; and ``head_seconds`` [1].
         """
         self.backend.module.eval()
         n = shard.num_samples
         out: dict[str, torch.Tensor] = {"head_seconds": torch.zeros(1)}
-        self._prepared, self._rows = [], []
+        self._prepared = []
+        for micro_rows in self._micro_batch_rows(shard):
+            micros = []
+            for rows in micro_rows:
+                micro = shard.to_train_batch(rows.tolist(), self.pad_id).to(self.device)
+                micro.old_logprobs, micro.ref_logprobs = self._prepare_micro(micro, rows, n, out)
+                micros.append((micro, rows))
+            self._prepared.append(micros)
+        return out
+
+    def _micro_batch_rows(self, shard: SampleShard) -> list[list[torch.Tensor]]:
+        """Per mini-batch, the shard rows of each micro-batch. Rows are sorted by length first, so each micro-batch,
+        padded to its own longest sample, carries little padding; every rank has the same number of micro-batches
+        (their shards are equal), as FSDP's collectives need."""
+        lengths = shard.prompt_lengths[shard.prompt_index.long()] + shard.response_lengths
+        out = []
         for mb in range(shard.num_minibatches()):
             rows = (shard.minibatch == mb).nonzero().flatten()
-            batch = shard.to_train_batch(rows.tolist(), self.pad_id).to(self.device)
-            old, ref = [], []
-            for micro, micro_rows in zip(*self._micro_batches(batch, rows)):
-                micro_old, micro_ref = self._prepare_micro(micro, micro_rows, n, out)
-                old.append(micro_old)
-                ref.append(micro_ref)
-            batch.old_logprobs = torch.cat(old)  # micro-batches of one mini-batch share its width T
-            batch.ref_logprobs = torch.cat(ref) if self.reference is not None else None
-            self._prepared.append(batch)
-            self._rows.append(rows)
+            rows = rows[torch.argsort(lengths[rows], stable=True)]
+            out.append(list(rows.tensor_split(num_micro_batches(len(rows), self.micro_batch_samples))))
         return out
 
     def _prepare_micro(self, micro: TrainBatch, rows: torch.Tensor, n: int, out: dict[str, torch.Tensor],
@@ -153,6 +173,7 @@ class LearnerRank:
         """(old, reference) logprobs [m, T] of one micro-batch; its per-sample quantities go into ``out`` at
         ``rows``."""
         from rlpipe.algos.kl import kl_estimate
+        from rlpipe.algos.offpolicy import rollout_correction
 
         def put(key: str, values: torch.Tensor) -> None:
             out.setdefault(key, torch.zeros(n))[rows] = values.detach().float().cpu()
@@ -169,6 +190,17 @@ class LearnerRank:
             out["head_seconds"] += time.perf_counter() - start
             if not self.old_from_rollout:
                 old = fwd.logprobs
+        c = self.correction
+        if c.mode != "none":  # proximal = the learner's old logprobs, behaviour = the engine's
+            corrected = rollout_correction(c.mode, old, micro.rollout_logprobs, micro.response_mask,
+                                           threshold=c.threshold, level=c.level)
+            micro.is_weights = corrected.weights
+            put("is_limited", corrected.limited.sum(dim=1))
+            micro.response_mask = corrected.keep_mask
+        weights = micro.is_weights if micro.is_weights is not None else micro.response_mask.float()
+        put("is_weight_sum", (weights * micro.response_mask).sum(dim=1))
+        put("is_weight_max", (weights * micro.response_mask).max(dim=1).values)
+        put("trained_tokens", micro.response_mask.sum(dim=1))
         if self.reference is None:
             return old, None
         ref = forward_logprobs(self.reference, micro, self.objective.temperature).logprobs
@@ -180,18 +212,14 @@ class LearnerRank:
         """The current policy's logprob of every response token, flat [Σ response lengths] in the layout of
         ``shard.rollout_logprobs`` (to compare with the engine's); keeps nothing for an update."""
         self.backend.module.eval()
-        rows = torch.arange(shard.num_samples)
-        batch = shard.to_train_batch(rows.tolist(), self.pad_id).to(self.device)
         lengths = shard.response_lengths.tolist()
-        parts = []
-        for micro, micro_rows in zip(*self._micro_batches(batch, rows)):
+        per_sample: dict[int, torch.Tensor] = {}
+        for rows in torch.arange(shard.num_samples).tensor_split(
+                num_micro_batches(shard.num_samples, self.micro_batch_samples)):
+            micro = shard.to_train_batch(rows.tolist(), self.pad_id).to(self.device)
             logprobs = forward_logprobs(self.backend.module, micro, self.objective.temperature).logprobs.cpu()
-            parts += [logprobs[k, : lengths[i]] for k, i in enumerate(micro_rows.tolist())]
-        return torch.cat(parts) if parts else torch.zeros(0)
-
-    def _micro_batches(self, batch: TrainBatch, rows: torch.Tensor) -> tuple[list[TrainBatch], list[torch.Tensor]]:
-        k = num_micro_batches(batch.num_samples, self.micro_batch_samples)
-        return split_even(batch, k), list(rows.tensor_split(k))
+            per_sample.update({i: logprobs[k, : lengths[i]] for k, i in enumerate(rows.tolist())})
+        return torch.cat([per_sample[i] for i in range(shard.num_samples)]) if per_sample else torch.zeros(0)
 
     def update(self, advantages: torch.Tensor, counts: Sequence[GlobalCounts]) -> dict[str, float]:
         """One optimizer step per prepared mini-batch. ``advantages`` [n] in shard order; ``counts`` per mini-batch
@@ -201,17 +229,21 @@ class LearnerRank:
         module = self.backend.module
         module.train()
         totals: dict[str, float] = {}
-        gap_max = 0.0
-        for index, (batch, rows, mb_counts) in enumerate(zip(self._prepared, self._rows, counts)):
-            batch.advantages = advantages[rows].to(self.device)
-            micros = split_even(batch, num_micro_batches(batch.num_samples, self.micro_batch_samples))
+        from rlpipe.algos.offpolicy import mismatch_k3
+
+        gap_max, mismatch = 0.0, 0.0
+        for index, (micros, mb_counts) in enumerate(zip(self._prepared, counts)):
             step_metrics: dict[str, float] = {}
-            for i, micro in enumerate(micros):
+            for i, (micro, rows) in enumerate(micros):
+                micro.advantages = advantages[rows].to(self.device)
                 fwd = forward_logprobs(module, micro, self.objective.temperature, with_entropy=True,
                                        hidden_layers=self.hidden_layers)
                 if index == 0:  # before the first optimizer step: engine vs learner on the weights of prepare
-                    gap = (micro.rollout_logprobs - fwd.logprobs.detach()).abs() * micro.response_mask
+                    learner_lp = fwd.logprobs.detach()
+                    gap = (micro.rollout_logprobs - learner_lp).abs() * micro.response_mask
                     gap_max = max(gap_max, float(gap.max()) if gap.numel() else 0.0)
+                    k3 = mismatch_k3(learner_lp, micro.rollout_logprobs, micro.response_mask)
+                    mismatch += float(k3.sum()) / mb_counts.num_tokens * mb_counts.dp_size  # share of the mean
                 loss, metrics = policy_objective(fwd.logprobs, fwd.entropy, micro, mb_counts, self.objective)
                 for head in self.heads:
                     # A head's loss is a mean over its micro-batch: micro-batches weigh equally.
@@ -226,8 +258,10 @@ class LearnerRank:
                 head.step()
             for k, v in step_metrics.items():
                 totals[k] = totals.get(k, 0.0) + v / len(self._prepared)
-        self._prepared, self._rows = [], []
-        totals["rollout/logprob_diff_max"] = gap_max  # "*_max" metrics are maxima over ranks, not means
+        self._prepared = []
+        # Engine vs learner on the first mini-batch's tokens: "*_max" metrics are maxima over ranks, others means.
+        totals["rollout/logprob_diff_max"] = gap_max
+        totals["offpolicy/mismatch_k3"] = mismatch
         totals["perf/learner_peak_mem_gib"] = self.peak_memory_gib()
         return totals
 

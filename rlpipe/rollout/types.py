@@ -33,6 +33,9 @@ class Completion:
     logprobs: Sequence[float]
     finish_reason: str  # "stop" (EOS / stop token) | "length" (hit max_response_tokens)
     text: str
+    # The policy version whose weights generated it (learner updates before those weights), stamped by the driver's
+    # rollout client: an engine serves a whole generate call with one set of weights.
+    policy_version: int = 0
 
 
 class RolloutEngine(Protocol):

@@ -32,11 +32,12 @@ def _clients(fail_first_generate=False, max_retries=2):
     return RolloutClient(engines), VerifierClient(verifiers, max_retries)
 
 
-def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, **clients):
+def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, **clients):
     rollout, verifiers = _clients(**clients)
     settings = CollectSettings(prompts_per_step=prompts_per_step, samples_per_prompt=G,
                                sampling=SamplingSettings(1.0, 1.0, 8), seed=0, dynamic_sampling=dynamic,
-                               max_generation_rounds=rounds, overlong_buffer_tokens=0, overlong_penalty=1.0)
+                               max_generation_rounds=rounds, overlong_buffer_tokens=0, overlong_penalty=1.0,
+                               max_staleness_steps=ahead)
     return Collector(ShuffledPool(_items(patterns), seed=0), lambda p: [1, 2, 3], rollout, verifiers, settings)
 
 

@@ -61,3 +61,45 @@ def test_a_step_with_nothing_to_train_is_skipped_and_counted(micro_model_dir):
     finally:
         for client in (rollout, verifiers, learner):
             client.group.shutdown()
+
+
+def _trainer(cfg, learner, pool_patterns, rollout_and_verifiers):
+    rollout, verifiers = rollout_and_verifiers
+    collector = Collector(ShuffledPool(_items(pool_patterns), seed=0), lambda p: [1, 2, 3], rollout, verifiers,
+                          build.collect_settings(cfg))
+    return Trainer(collector=collector, rollout=rollout, learner=learner, settings=build.step_settings(cfg),
+                   resets=build.reset_policy(cfg), engines_share_devices=False)
+
+
+def test_asynchronous_steps_train_samples_up_to_k_versions_old_and_resume_from_the_drained_queue(micro_model_dir):
+    """k = 2: step t's samples were generated before step t-2's update finished, so their staleness runs 0, 1, 2, 2,
+    ...; a checkpoint's collector state (the rounds drawn ahead, drained) makes a new trainer train the same samples."""
+    cfg = load_config(["cluster=local", f"model.path={micro_model_dir}", "data.prompts_per_step=2",
+                       f"rollout.samples_per_prompt={G}", "trainer.max_staleness_steps=2",
+                       "algorithm.rollout_correction=tis"])
+    learner = build_learner(cfg, str(micro_model_dir), LearnerSpec.of(cfg, str(micro_model_dir)))
+    clients = _clients()
+    try:
+        trainer = _trainer(cfg, learner, ["mixed"] * 20, clients)
+        seen = []
+        for step in (1, 2, 3, 4):
+            m = trainer.step(step)
+            behind = {k: v for k, v in m.items() if k.startswith("async/staleness_") and k[-1].isdigit() and v > 0}
+            seen.append(behind)
+            assert set(trainer.last_versions) == {max(0, step - 3)}, (step, trainer.last_versions)
+            assert m["offpolicy/is_weight_mean"] > 0 and "offpolicy/mismatch_k3" in m
+        assert seen == [{"async/staleness_0": 1.0}, {"async/staleness_1": 1.0}, {"async/staleness_2": 1.0},
+                        {"async/staleness_2": 1.0}]
+        assert sorted(trainer.collector.ahead) == [5, 6]  # in flight after step 4
+
+        state = trainer.collector.state_dict()  # drains
+        expected = {s: [c.response_ids for c in d.completions] for s, d in trainer.collector.ahead.items()}
+        resumed = _trainer(cfg, learner, ["mixed"] * 20, _clients())
+        resumed.collector.load_state_dict(state)
+        resumed.rollout.version = trainer.rollout.version
+        resumed.step(5)
+        assert resumed.last_ledger == [f"{c.request_id}#{c.sample_index}" for c in state["ahead"][5][2]]
+        assert [c.response_ids for c in state["ahead"][5][2]] == expected[5]
+    finally:
+        for client in (*clients, learner):
+            client.group.shutdown()

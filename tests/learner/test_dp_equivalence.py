@@ -1,6 +1,7 @@
 """The update is the same whether the batch is processed whole on one rank, or split into micro-batches across two
 FSDP2 ranks (real gloo process groups). Compares the pre-clip gradient norm (catches any scale error, which Adam's
-first step would hide), the loss, and the weights after two AdamW steps (catches direction errors).
+first step would hide) and the loss over two updates, and the weights after the first AdamW step (catches direction
+errors).
 
 The samples' behaviour logprobs are set away from the policy (``old_logprobs="rollout"``), so ratios leave the clip
 range; the second update starts from a policy that has moved away from the reference, so the KL term is non-trivial.
@@ -40,14 +41,16 @@ def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path):
     prompts, responses, logprobs, advantages = _samples(AutoConfig.from_pretrained(model_dir).vocab_size)
     rows = [i for i, _ in shard_plan(N, 1, world)[rank]]
     mine = torch.tensor([advantages[i] if i >= 0 else 0.0 for i in rows])
-    history = []
-    for _ in range(2):
+    history, weights = [], None
+    for step in range(2):
         worker.prepare(shard(prompts, responses, logprobs, rows))
         metrics = worker.update(mine, [counts(responses, world)])
         gathered = [None] * world
         torch.distributed.all_gather_object(gathered, metrics)  # mean over ranks, as LearnerClient does
         history.append({k: sum(m[k] for m in gathered) / world for k in metrics})
-    weights = worker.export_weights()
+        if step == 0:  # a collective: every rank calls it. A copy: on one rank the export shares the live tensors.
+            exported = worker.export_weights()
+            weights = {k: v.clone() for k, v in exported.items()} if exported is not None else None
     if rank == 0:
         torch.save({"metrics": history, "weights": weights}, out_path)
     worker.shutdown()
@@ -71,4 +74,6 @@ def test_two_ranks_with_micro_batches_equal_one_rank_whole_batch(micro_model_dir
     assert whole["metrics"][0]["actor/clipfrac"] > 0  # the clip branch was exercised
     assert whole["metrics"][1]["actor/kl"] > 1e-6  # and the KL term
     for name, w in whole["weights"].items():
-        torch.testing.assert_close(split["weights"][name], w, rtol=0, atol=2e-6, msg=name)
+        # A wrong direction moves a weight by ~lr = 1e-3; float rounding in a near-zero gradient, which Adam's
+        # m/sqrt(v) scales up, by a few 1e-6 at most (measured: 3.5e-6, one element of 8192).
+        torch.testing.assert_close(split["weights"][name], w, rtol=0, atol=1e-5, msg=name)
