@@ -57,6 +57,7 @@ class RoleActor:
     def __init__(self, factory: Optional[str] = None, kwargs: Optional[dict] = None, in_ray: bool = True) -> None:
         self.obj: Any = None
         self.in_ray = in_ray
+        self.rebuilds = 0  # local mode: how often the object was rebuilt after a fatal error
         self._recipe = (factory, kwargs or {})
         if factory is not None:
             self.construct(factory, kwargs or {})
@@ -94,6 +95,7 @@ class RoleActor:
             except Exception:  # noqa: BLE001 - the object is being replaced because it is broken
                 log.exception("shutdown of a broken %s failed", type(self.obj).__name__)
         self.obj = import_object(factory)(**kwargs)
+        self.rebuilds += 1
 
     def rendezvous_address(self) -> tuple[str, int]:
         from rlpipe.learner.rank import free_port_address
@@ -154,14 +156,21 @@ class ActorGroup:
             return [os.getpid()] * self.size
         return self.get([w.ready.remote() for w in self._actors], "ready")
 
+    def incarnations(self) -> list:
+        """A token per worker that changes when the worker is rebuilt: its pid (Ray), its rebuild count (local)."""
+        if self.mode != "ray":
+            return [w.rebuilds for w in self._actors]
+        return self.pids()
+
     def wait_until_alive(self, index: int) -> int:
-        """After a crash: block until Ray has restarted worker ``index`` (its object rebuilt); returns its pid.
+        """After a crash: block until Ray has restarted worker ``index`` (its object rebuilt); returns its
+        incarnation token (see ``incarnations``).
 
         While Ray restarts an actor, calls to it fail with "temporarily unavailable": those are retried until the
         group's deadline. Raises WorkerDied when the actor is gone for good (its restarts are used up).
         """
         if self.mode != "ray":
-            return os.getpid()  # a local RoleActor rebuilt its object before reporting the death
+            return self._actors[index].rebuilds  # a local RoleActor rebuilt its object before reporting the death
         import ray
         from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from rlpipe.driver.actors import ActorGroup, restart, run_with_requeue
+from rlpipe.driver.actors import ActorGroup, run_with_requeue
 from rlpipe.learner.batch import SampleShard
 from rlpipe.learner.objective import GlobalCounts
 from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
@@ -57,6 +57,17 @@ class RolloutClient:
         self.version = 0  # policy version of the last weights pushed (= learner updates so far)
         self._engine_version = [0] * group.size
         self._pushes: list[tuple[int, Any]] = []  # (engine, handle) of pushes not yet known to have finished
+        self._incarnation = group.incarnations()  # which process each engine is: one death, one restart
+
+    def _recover(self, index: int) -> None:
+        """After a call to engine ``index`` failed because it died: wait for its restart, and the first time this
+        restart is seen, count it and give the engine the current weights. Several calls lost with one death (a
+        push and the rounds queued behind it) make one restart."""
+        token = self.group.wait_until_alive(index)
+        if token != self._incarnation[index]:
+            self._incarnation[index] = token
+            self.faults[f"{self.group.name}_restarts"] += 1
+            self._restore_weights(index)
 
     def submit(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> PendingGeneration:
         chunks = [c for c in _round_robin(list(requests), self.group.size)]
@@ -82,9 +93,8 @@ class RolloutClient:
                     continue
                 log.warning("%s; re-queueing its %d request(s) on the restarted engine", died[pos],
                             len(pending.chunks[i]))
-                self.faults[f"{self.group.name}_restarts"] += 1
                 self.faults[f"{self.group.name}_requeued"] += len(pending.chunks[i])
-                restart(self.group, i, self._restore_weights)
+                self._recover(i)
                 again.append((i, self.group.submit_to(i, "generate", pending.chunks[i], pending.sampling),
                               self._engine_version[i]))
             todo = again
@@ -116,8 +126,7 @@ class RolloutClient:
         _, died = self.group.settle([h for _, h in pushes], "load_weights", indices=[i for i, _ in pushes])
         for pos in sorted(died):
             log.warning("%s; restarting it and pushing the weights again", died[pos])
-            self.faults[f"{self.group.name}_restarts"] += 1
-            restart(self.group, pushes[pos][0], self._restore_weights)
+            self._recover(pushes[pos][0])
 
     def sleep(self) -> None:
         """Free the engines' device memory (vLLM sleep mode; a no-op on CPU) while the learner uses the devices."""
@@ -137,8 +146,7 @@ class RolloutClient:
             for pos, i in enumerate(todo):
                 if pos in died:
                     log.warning("%s; restarting it and repeating %s", died[pos], method)
-                    self.faults[f"{self.group.name}_restarts"] += 1
-                    restart(self.group, i, self._restore_weights)
+                    self._recover(i)
                     again.append(i)
             todo = again
 
@@ -151,7 +159,7 @@ class RolloutClient:
                 break
             log.warning("%s; restarting it again", died[0])
             self.faults[f"{self.group.name}_restarts"] += 1
-            self.group.wait_until_alive(index)
+            self._incarnation[index] = self.group.wait_until_alive(index)
         self._engine_version[index] = self.version
 
 
