@@ -204,6 +204,10 @@ class RolloutConfig(Section):
     kv_cache_bytes: int = _help("vLLM KV-cache size in bytes on CPU (vLLM checks host memory otherwise).", 256 << 20)
     gpu_memory_utilization: float = _help("vLLM GPU memory fraction (GPU only).", 0.5)
     enforce_eager: bool = _help("Skip vLLM graph capture / compilation (warm-up costs more than it saves here).", True)
+    seed_per_request: bool = _help(
+        "vLLM: give every request its own seed, so a sample does not depend on what else is in the engine's batch "
+        "(nor on rollout.num_engines). Off: one seed per generate call (reproducible all the same, also after a "
+        "restart or resume), and vLLM's batched sampler and chunked prefill, which are faster.", False)
 
 
 @dataclass

@@ -116,6 +116,7 @@ class ActorGroup:
     # crashed actor with ``max_restarts`` (set in actor_options); the driver re-queues the work it lost.
     restartable: bool = False
     _actors: list = field(default_factory=list, init=False)
+    _constructing: list = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         if self.restartable:
@@ -134,8 +135,9 @@ class ActorGroup:
 
     # --- construction -----------------------------------------------------------------------------------------
 
-    def construct(self, factory: str, kwargs_per_worker: Sequence[dict]) -> None:
-        """Build the plain objects (in parallel in Ray mode: learner ranks rendezvous inside their constructors)."""
+    def construct(self, factory: str, kwargs_per_worker: Sequence[dict], wait: bool = True) -> None:
+        """Build the plain objects (in parallel in Ray mode: learner ranks rendezvous inside their constructors).
+        ``wait=False`` returns at once; ``wait_constructed`` then waits (several groups can start together)."""
         if self.restartable:
             if self.mode == "ray":
                 import ray
@@ -143,12 +145,18 @@ class ActorGroup:
                 remote_cls = ray.remote(RoleActor)
                 self._actors = [remote_cls.options(**o).remote(factory, kw)
                                 for o, kw in zip(self._options(), kwargs_per_worker)]
-                self.get([w.ready.remote() for w in self._actors], "construct")
+                self._constructing = [w.ready.remote() for w in self._actors]
             else:
                 self._actors = [RoleActor(factory, kw, in_ray=False) for kw in kwargs_per_worker]
-            return
-        self.get([self._submit(w, "construct", (factory, kw), {}) for w, kw in zip(self._actors, kwargs_per_worker)],
-                 "construct")
+        else:
+            self._constructing = [self._submit(w, "construct", (factory, kw), {})
+                                  for w, kw in zip(self._actors, kwargs_per_worker)]
+        if wait:
+            self.wait_constructed()
+
+    def wait_constructed(self) -> None:
+        handles, self._constructing = self._constructing, []
+        self.get(handles, "construct")
 
     def pids(self) -> list[int]:
         """The workers' process ids (this process's in local mode)."""

@@ -57,7 +57,11 @@ class RolloutClient:
         self.version = 0  # policy version of the last weights pushed (= learner updates so far)
         self._engine_version = [0] * group.size
         self._pushes: list[tuple[int, Any]] = []  # (engine, handle) of pushes not yet known to have finished
-        self._incarnation = group.incarnations()  # which process each engine is: one death, one restart
+        self._incarnation: list = []  # which process each engine is (``started``): one death, one restart
+
+    def started(self) -> None:
+        """Call once the engines are built: remembers which process each one is."""
+        self._incarnation = self.group.incarnations()
 
     def _recover(self, index: int) -> None:
         """After a call to engine ``index`` failed because it died: wait for its restart, and the first time this

