@@ -35,7 +35,7 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def run(out: Path, steps: int, eval_every: int, overrides: list[str], env: dict[str, str]) -> Path:
+def run(out: Path, steps: int, eval_every: int, overrides: list[str], env: dict[str, str]) -> tuple[Path, str]:
     cmd = [sys.executable, "-m", "rlpipe", "train", f"trainer.total_steps={steps}",
            f"trainer.eval_every_steps={eval_every}", f"trainer.output_dir={out}", "logger.progress_bar=false",
            *overrides]
@@ -77,8 +77,8 @@ def compare(a: Path, b: Path) -> bool:
     evals = [s for s in steps if "eval/accuracy" in ra.get(s, {}) and "eval/accuracy" in rb.get(s, {})]
     print("\neval/accuracy by step (a / b): " + ", ".join(
         f"{s}: {100 * ra[s]['eval/accuracy']:.1f}/{100 * rb[s]['eval/accuracy']:.1f}" for s in evals))
-    print(f"\n{'IDENTICAL' if identical else 'DIFFERENT'}: {len(keys) - len(one_sided)} metrics over {len(steps)} steps, "
-          f"{a} vs {b}")
+    verdict = "IDENTICAL" if identical else "DIFFERENT"
+    print(f"\n{verdict}: {len(keys) - len(one_sided)} metrics over {len(steps)} steps, {a} vs {b}")
     return identical
 
 
