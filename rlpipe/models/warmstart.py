@@ -1,8 +1,11 @@
 """Supervised warm-start of the tiny model on teacher traces, cached on disk.
 
-The cache key is a hash of every input that changes the result (and ``VERSION``, bumped when this code changes
-behaviour); the model is written to a temporary directory and renamed into place, so an interrupted run never
-leaves a half-written cache entry. The second run with the same settings returns at once.
+The cache key is a hash of every input that changes the result: the settings, ``VERSION`` (bumped when this code
+changes behaviour), and what makes the same settings give other floats — torch's CPU kernel ISA (AVX-512 vs AVX2
+kernels give a completely different model after 1,500 steps: one rounding difference grows about 10x every 10
+steps) and the torch / transformers versions. A cache copied to another kind of machine is therefore rebuilt
+there, not silently reused. The model is written to a temporary directory and renamed into place, so an
+interrupted run never leaves a half-written cache entry. The second run with the same settings returns at once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RLPIPE_CACHE", Path.home() / ".cache" / "rlpipe")) / "warmstart"
 
 
+def numerics() -> dict[str, str]:
+    """What besides the settings decides the warm-started weights bit for bit (measured: docs/default-job.md)."""
+    import torch
+    import transformers
+
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
+            "transformers": transformers.__version__}
+
+
 def warmstart(
     *,
     size: str = "tiny",
@@ -38,7 +50,7 @@ def warmstart(
 ) -> Path:
     """Build + supervise the tiny model (or return the cached result). Returns the HF model directory."""
     settings = dict(size=size, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate,
-                    version=VERSION)
+                    version=VERSION, **numerics())
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / f"{size}-{key}"
@@ -52,7 +64,9 @@ def warmstart(
     from rlpipe.models.tiny import build_tiny_model
 
     build_tiny_model(tmp, seed=seed, size=size)
-    final_loss = _supervise(tmp, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate)
+    # warmstart_steps=0: the randomly initialised model as it is (the generation-heavy benchmark uses one).
+    final_loss = (_supervise(tmp, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate)
+                  if steps > 0 else float("nan"))
     (tmp / "warmstart.json").write_text(json.dumps(
         {**settings, "final_loss": final_loss, "seconds": round(time.time() - start, 1)}, indent=2))
     try:

@@ -37,3 +37,12 @@ def test_warmstart_is_cached_and_the_second_call_skips_training(tmp_path, caplog
     assert second == first and "cached model" in caplog.text and "trained" not in caplog.text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]  # no half-written entries left
     assert warmstart(size="micro", steps=4, batch_size=4, cache_dir=str(tmp_path)) != first  # settings change the key
+
+
+def test_zero_warmstart_steps_give_the_random_model(tmp_path):
+    """model.tiny.warmstart_steps=0 is documented as random init: it must build (it divided by zero before)."""
+    from rlpipe.models.warmstart import warmstart
+
+    path = warmstart(size="micro", steps=0, cache_dir=str(tmp_path))
+    assert (path / "model.safetensors").exists() and (path / "warmstart.json").exists()
+    assert warmstart(size="micro", steps=0, cache_dir=str(tmp_path)) == path  # cached
