@@ -21,6 +21,8 @@ MODES = {
         "sync": [],
         "async k=1": ["trainer.max_staleness_steps=1"],
         "async k=1, tis, old=recompute": ["trainer.max_staleness_steps=1", "algorithm.rollout_correction=tis"],
+        "sync, old=rollout": ["algorithm.old_logprobs=rollout"],
+        "async k=1, old=rollout": ["trainer.max_staleness_steps=1", "algorithm.old_logprobs=rollout"],
     },
     "stale": {
         "sync (reference)": [],
@@ -37,12 +39,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("suite", choices=sorted(MODES))
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--modes", default=None, help="comma-separated subset of the suite's mode names")
+    ap.add_argument("--modes", default=None, help="subset of the suite's mode names, separated by |")
     ap.add_argument("--extra", default="", help="overrides for every run, space-separated")
     ap.add_argument("--out-dir", default="outputs/bench_async")
     args = ap.parse_args()
     modes = MODES[args.suite]
-    chosen = args.modes.split(",") if args.modes else list(modes)
+    chosen = args.modes.split("|") if args.modes else list(modes)
     rows, results = [], {}
     for name in chosen:
         slug = "".join(ch if ch.isalnum() else "_" for ch in name)

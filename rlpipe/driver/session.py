@@ -62,11 +62,13 @@ class Session:
             if c.mode == "ray":
                 self._stack.enter_context(ray_cluster.ray_session(c.address, max(2, self.actors_needed())))
                 self._check_resources()
-            # Every role starts at once (the engines first: importing vLLM is the longest start), then all are awaited.
-            if self._want_rollout:
-                self.rollout = build_rollout(self.cfg, self.model_path, self.max_model_len, wait=False)
+            # Every role starts at once, then all are awaited. The learner is asked first: in local mode construction
+            # is sequential, and an in-process vLLM engine joins the default process group the learner creates (were
+            # the engine first, it would create its own and the learner's init_process_group would fail).
             if self._learner_spec is not None:
                 self.learner = build_learner(self.cfg, self.model_path, self._learner_spec, wait=False)
+            if self._want_rollout:
+                self.rollout = build_rollout(self.cfg, self.model_path, self.max_model_len, wait=False)
             if self._want_verifiers:
                 self.verifiers = build_verifiers(self.cfg, wait=False)
             for client in (self.rollout, self.learner, self.verifiers):

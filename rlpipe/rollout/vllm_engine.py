@@ -20,6 +20,15 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def sampled_logprobs(ids: list[int], logprobs) -> array:
+    """The sampled token's logprob at each position, float32: from vLLM's flat lists (one entry per position with
+    ``logprobs=0``), or from per-position dicts."""
+    flat = getattr(logprobs, "logprobs", None)
+    if flat is not None and len(flat) == len(ids):
+        return array("f", flat)
+    return array("f", [step[tok].logprob for tok, step in zip(ids, logprobs)])
+
+
 def call_seed(requests: Sequence[GenerationRequest]) -> int:
     """One seed for a generate call, from its requests' seeds in order (the same requests, the same seed)."""
     seed = 0
@@ -71,6 +80,9 @@ class VLLMEngine:
         # seeds the engine's generator before the call: a call is still reproducible (same requests, same order ->
         # same samples, also after a restart or resume), but a sample depends on its batch (rollout.seed_per_request).
         self.seed_per_request = seed_per_request
+        # An engine alone in its process (a Ray actor, a script) creates the default process group itself; one that
+        # shares the process with a learner (local mode) joins the learner's. Whoever created it destroys it.
+        self._owns_default_group = not torch.distributed.is_initialized()
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         _quiet_weight_reload_logs()
@@ -90,6 +102,10 @@ class VLLMEngine:
                     max_tokens=sampling.max_response_tokens,
                     logprobs=0,  # the sampled token's logprob at every step
                     seed=req.seed if self.seed_per_request else None,
+                    # Flat lists, and no detokenization while decoding (vLLM would also decode every sampled
+                    # token for the logprobs): the text is decoded once per completion below, as the HF engine does.
+                    flat_logprobs=True,
+                    detokenize=False,
                 )
             )
         if not self.seed_per_request:
@@ -99,7 +115,7 @@ class VLLMEngine:
         for req, out in zip(requests, outputs):
             for k, o in enumerate(out.outputs):
                 ids = list(o.token_ids)
-                logprobs = array("f", [step[tok].logprob for tok, step in zip(ids, o.logprobs)])
+                logprobs = sampled_logprobs(ids, o.logprobs)
                 completions.append(
                     Completion(
                         request_id=req.request_id,
@@ -107,7 +123,7 @@ class VLLMEngine:
                         response_ids=ids,
                         logprobs=logprobs,
                         finish_reason="length" if o.finish_reason == "length" else "stop",
-                        text=o.text,
+                        text=self.tokenizer.decode(ids, skip_special_tokens=True),
                     )
                 )
         return completions
@@ -129,11 +145,15 @@ class VLLMEngine:
         return type(error).__name__ == "EngineDeadError"
 
     def shutdown(self) -> None:
-        """Release the in-process engine's torch.distributed groups. When a learner shares the process (local mode,
-        tests) it destroys the default group afterwards; vLLM's own exit hook would then fail on the dead groups."""
-        from vllm.distributed.parallel_state import destroy_model_parallel
+        """Release the in-process engine's torch.distributed groups, and the default group when this engine created
+        it (otherwise a learner built later in the same process could not create its own). A learner that shares the
+        process (local mode, tests) destroys the default group itself, afterwards; vLLM's own exit hook would then
+        fail on the dead groups."""
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
         destroy_model_parallel()
+        if self._owns_default_group:
+            destroy_distributed_environment()
         del self.llm
 
     def sleep(self) -> None:

@@ -61,3 +61,20 @@ def test_vllm_logprobs_match_learner_after_push(micro_model_dir, backend, option
     assert after < 1e-3
     engine.shutdown()
     learner.shutdown()
+
+
+def test_an_engine_alone_releases_the_default_group_it_created(micro_model_dir):
+    """An engine built first in a process (a script, a test) creates torch.distributed's default group; its shutdown
+    must release it, or a learner built later in that process fails ("initialize the default process group twice")."""
+    import torch.distributed as dist
+
+    from rlpipe.rollout.vllm_engine import VLLMEngine
+
+    assert not dist.is_initialized()
+    engine = VLLMEngine(str(micro_model_dir), seed=0, max_model_len=128, kv_cache_bytes=64 << 20)
+    assert dist.is_initialized()
+    engine.shutdown()
+    assert not dist.is_initialized()
+    learner = learner_rank(micro_model_dir, free_port(), backend="fsdp2", backend_options={}, lr=1e-3,
+                           micro_batch_samples=8, with_reference=False, temperature=1.0)
+    learner.shutdown()
