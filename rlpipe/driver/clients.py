@@ -206,19 +206,26 @@ class VerifierClient:
         return verdicts, counts
 
 
-def shard_plan(num_samples: int, updates_per_step: int, dp_size: int) -> list[list[tuple[int, int]]]:
+def shard_plan(lengths: Sequence[int], updates_per_step: int, dp_size: int) -> list[list[tuple[int, int]]]:
     """Which samples each learner rank trains, and in which mini-batch: per rank, (sample index or -1, mini-batch).
 
-    The step's N samples are split into ``updates_per_step`` contiguous mini-batches (one optimizer step each); each
-    mini-batch is padded to a multiple of ``dp_size`` with rows that carry no tokens (-1: every rank must run the same
-    number of forward passes for FSDP's collectives) and split evenly over the ranks.
+    ``lengths [N]``: each sample's tokens (prompt + response). The step's N samples are split into
+    ``updates_per_step`` contiguous mini-batches (one optimizer step each); each mini-batch is padded to a multiple of
+    ``dp_size`` with rows that carry no tokens (-1: every rank must run the same number of forward passes for FSDP's
+    collectives) and dealt over the ranks longest first, in snake order (0, 1, 1, 0, 0, 1, ...). So every rank gets
+    the same number of samples and nearly the same number of tokens, and its k-th micro-batch (a rank sorts its rows
+    by length) is about as long as every other rank's: ranks wait for each other at each collective, and a rank with
+    longer samples would hold all of them up (the balancing verl calls ``balance_batch``).
     """
     plan: list[list[tuple[int, int]]] = [[] for _ in range(dp_size)]
+    num_samples = len(lengths)
     num_minibatches = min(updates_per_step, num_samples)
     for mb, rows in enumerate(torch.arange(num_samples).tensor_split(num_minibatches)):
-        padded = rows.tolist() + [-1] * ((-len(rows)) % dp_size)
-        for rank, part in enumerate(torch.tensor(padded).tensor_split(dp_size)):
-            plan[rank] += [(int(i), mb) for i in part]
+        rows = sorted(rows.tolist(), key=lambda i: -lengths[i])  # stable: equal lengths keep sample order
+        padded = rows + [-1] * ((-len(rows)) % dp_size)
+        for position, i in enumerate(padded):
+            turn, seat = divmod(position, dp_size)
+            plan[seat if turn % 2 == 0 else dp_size - 1 - seat].append((int(i), mb))
     return plan
 
 
@@ -238,7 +245,9 @@ class LearnerClient:
         old/reference logprobs and head scores and keep the share. Returns per-sample quantities, [N] each (see
         ``LearnerRank.prepare``), and ``head_seconds`` summed over ranks."""
         n = len(rollouts.completions)
-        self._plan = shard_plan(n, self.updates_per_step, self.dp_size)
+        lengths = [len(rollouts.requests[int(g)].prompt_ids) + len(c.response_ids)
+                   for g, c in zip(rollouts.group_index, rollouts.completions)]
+        self._plan = shard_plan(lengths, self.updates_per_step, self.dp_size)
         shards = [_shard(rollouts, loss_mask, rows) for rows in self._plan]
         results = self.group.call("prepare", [(s,) for s in shards])
         merged: dict[str, torch.Tensor] = {}
@@ -291,9 +300,10 @@ class LearnerClient:
 
 
 def _shard(rollouts: "Rollouts", loss_mask: torch.Tensor, rows: Sequence[tuple[int, int]]) -> SampleShard:
-    """One rank's rows as a SampleShard: each prompt once; padding rows (-1) repeat the first sample, with no loss."""
-    first = next((i for i, _ in rows if i >= 0), 0)
-    samples = [(i if i >= 0 else first, mb, i >= 0) for i, mb in rows]
+    """One rank's rows as a SampleShard: each prompt once; padding rows (-1) repeat the rank's last real sample (its
+    shortest, as shard_plan deals them), with no loss."""
+    filler = next((i for i, _ in reversed(rows) if i >= 0), 0)
+    samples = [(i if i >= 0 else filler, mb, i >= 0) for i, mb in rows]
     groups = [int(rollouts.group_index[i]) for i, _, _ in samples]
     unique = sorted(set(groups))
     slot = {g: k for k, g in enumerate(unique)}

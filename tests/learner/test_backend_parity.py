@@ -36,7 +36,7 @@ def _worker(rank, port, model_dir, backend, stage):
 
 def _step(worker, rank, vocab, step):
     prompts, responses, advantages = _batch(vocab, step)
-    rows = [i for i, _ in shard_plan(len(responses), 1, WORLD)[rank]]
+    rows = [i for i, _ in shard_plan([len(r) for r in responses], 1, WORLD)[rank]]
     worker.prepare(shard(prompts, responses, rows=rows))  # old = the current policy: ratios start at 1
     mine = torch.tensor([advantages[i] if i >= 0 else 0.0 for i in rows])
     metrics = worker.update(mine, [counts(responses, WORLD)])

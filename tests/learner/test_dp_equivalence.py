@@ -39,7 +39,7 @@ def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path):
     from transformers import AutoConfig
 
     prompts, responses, logprobs, advantages = _samples(AutoConfig.from_pretrained(model_dir).vocab_size)
-    rows = [i for i, _ in shard_plan(N, 1, world)[rank]]
+    rows = [i for i, _ in shard_plan([len(r) for r in responses], 1, world)[rank]]
     mine = torch.tensor([advantages[i] if i >= 0 else 0.0 for i in rows])
     history, weights = [], None
     for step in range(2):
