@@ -227,6 +227,11 @@ class LearnerConfig(Section):
     max_grad_norm: float = _help("Global gradient-norm clip (0 = off).", 1.0)
     updates_per_step: int = _help("Optimizer steps per RL step: the batch is split into this many mini-batches.", 1)
     micro_batch_samples: int = _help("Samples per forward/backward on one rank (gradient accumulation unit).", 64)
+    max_tokens_per_micro_batch: Optional[int] = _help(
+        "Token-budget micro-batches, used instead of micro_batch_samples when set: a rank's rows, sorted by length, "
+        "are cut so that no micro-batch holds more than this many padded tokens (rows × longest prompt + longest "
+        "response; a longer sample is a micro-batch alone); every rank runs as many as the rank that needs the most. "
+        "The gradient is the same either way (the loss is normalised by the mini-batch's global counts).", None)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 

@@ -215,6 +215,8 @@ def _learner(cfg: Config) -> list[str]:
     errors += _at_least("learner.max_grad_norm", lr.max_grad_norm, 0)
     errors += _at_least("learner.updates_per_step", lr.updates_per_step, 1)
     errors += _at_least("learner.micro_batch_samples", lr.micro_batch_samples, 1)
+    if lr.max_tokens_per_micro_batch is not None:
+        errors += _at_least("learner.max_tokens_per_micro_batch", lr.max_tokens_per_micro_batch, 1)
     samples = cfg.data.prompts_per_step * cfg.rollout.samples_per_prompt
     if samples < lr.num_workers:
         errors.append("data.prompts_per_step * rollout.samples_per_prompt must be >= learner.num_workers")

@@ -118,6 +118,65 @@ def num_micro_batches(num_samples: int, micro_batch_samples: int) -> int:
     return max(1, math.ceil(num_samples / micro_batch_samples))
 
 
+def padded_tokens(prompt_lengths: Sequence[int], response_lengths: Sequence[int]) -> int:
+    """Tokens one micro-batch of these rows costs in the padded layout: rows × (longest prompt + longest response)."""
+    if not len(prompt_lengths):
+        return 0
+    return len(prompt_lengths) * (max(prompt_lengths) + max(1, max(response_lengths)))
+
+
+def _groups_under(prompt_lengths: Sequence[int], response_lengths: Sequence[int], budget: int) -> list[int]:
+    """Greedy cut points: each group grows while its padded tokens stay ≤ ``budget`` (a row over it stands alone).
+    Returns the groups' end indices."""
+    ends, start, p_max, r_max = [], 0, 0, 1
+    for i, (p, r) in enumerate(zip(prompt_lengths, response_lengths)):
+        p_new, r_new = max(p_max, p), max(r_max, r)
+        if i > start and (i + 1 - start) * (p_new + r_new) > budget:
+            ends.append(i)
+            start, p_new, r_new = i, p, max(1, r)
+        p_max, r_max = p_new, r_new
+    ends.append(len(prompt_lengths))
+    return ends
+
+
+def count_token_budget_groups(prompt_lengths: Sequence[int], response_lengths: Sequence[int], budget: int) -> int:
+    """How many micro-batches rows (sorted by length) need so that none exceeds ``budget`` padded tokens (a row longer
+    than the budget alone is one micro-batch)."""
+    return len(_groups_under(prompt_lengths, response_lengths, budget)) if len(prompt_lengths) else 0
+
+
+def split_by_tokens(prompt_lengths: Sequence[int], response_lengths: Sequence[int], num_groups: int) -> list[range]:
+    """Exactly ``num_groups`` contiguous groups of rows (sorted by length; ``num_groups`` ≤ rows) whose largest padded
+    cost is as small as a greedy cut can make it: the smallest budget whose greedy cut needs ≤ ``num_groups`` groups
+    (binary search), then the costliest groups are halved until there are ``num_groups``. Every rank must run the same
+    number of micro-batches (FSDP's collectives), so the count comes from outside and the budget is derived here."""
+    n = len(prompt_lengths)
+    if not 1 <= num_groups <= max(1, n):
+        raise ValueError(f"cannot split {n} rows into {num_groups} micro-batches")
+    if n == 0:
+        return [range(0, 0)]
+    low = max(p + max(1, r) for p, r in zip(prompt_lengths, response_lengths))
+    high = padded_tokens(prompt_lengths, response_lengths)
+    while low < high:
+        mid = (low + high) // 2
+        if len(_groups_under(prompt_lengths, response_lengths, mid)) <= num_groups:
+            high = mid
+        else:
+            low = mid + 1
+    starts = [0, *_groups_under(prompt_lengths, response_lengths, low)]
+    groups = [range(a, b) for a, b in zip(starts, starts[1:])]
+
+    def cost(g: range) -> int:
+        return padded_tokens([prompt_lengths[i] for i in g], [response_lengths[i] for i in g])
+
+    while len(groups) < num_groups:
+        k = max((i for i, g in enumerate(groups) if len(g) > 1), key=lambda i: cost(groups[i]))
+        g = groups[k]
+        middle = g.start + len(g) // 2
+        groups[k: k + 1] = [range(g.start, middle), range(middle, g.stop)]
+    return groups
+
+
 def _flat(rows: Sequence[Sequence], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.int32)
     values = torch.tensor([x for r in rows for x in r], dtype=dtype)

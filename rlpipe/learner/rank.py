@@ -18,7 +18,8 @@ import torch
 import torch.distributed as dist
 
 from rlpipe.learner.backend import BACKENDS, OLD_LOGPROBS
-from rlpipe.learner.batch import SampleShard, TrainBatch, num_micro_batches
+from rlpipe.learner.batch import (SampleShard, TrainBatch, count_token_budget_groups, num_micro_batches,
+                                  split_by_tokens)
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
@@ -71,6 +72,7 @@ class LearnerRank:
         old_logprobs: str,
         correction: CorrectionSettings,
         heads: Sequence[tuple[str, Any]] = (),
+        max_tokens_per_micro_batch: Optional[int] = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -86,6 +88,7 @@ class LearnerRank:
         torch.manual_seed(seed)
         self.objective = objective
         self.micro_batch_samples = micro_batch_samples
+        self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
         if old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS} (got {old_logprobs!r})")
         self.old_from_rollout = old_logprobs == "rollout"
@@ -158,15 +161,25 @@ class LearnerRank:
 
     def _micro_batch_rows(self, shard: SampleShard) -> list[list[torch.Tensor]]:
         """Per mini-batch, the shard rows of each micro-batch. Rows are sorted by length first, so each micro-batch,
-        padded to its own longest sample, carries little padding; every rank has the same number of micro-batches
-        (their shards are equal), as FSDP's collectives need."""
-        lengths = shard.prompt_lengths[shard.prompt_index.long()] + shard.response_lengths
-        out = []
+        padded to its own longest sample, carries little padding. Every rank runs the same number of micro-batches,
+        as FSDP's collectives need: ``micro_batch_samples`` rows each (shards are equal in rows), or, with
+        ``max_tokens_per_micro_batch``, as many as the rank that needs the most under that budget (one all-reduce per
+        step), each rank cutting its rows into that many groups of about equal padded tokens."""
+        prompt_lengths = shard.prompt_lengths[shard.prompt_index.long()]
+        lengths = prompt_lengths + shard.response_lengths
+        ordered = []
         for mb in range(shard.num_minibatches()):
             rows = (shard.minibatch == mb).nonzero().flatten()
-            rows = rows[torch.argsort(lengths[rows], stable=True)]
-            out.append(list(rows.tensor_split(num_micro_batches(len(rows), self.micro_batch_samples))))
-        return out
+            ordered.append(rows[torch.argsort(lengths[rows], stable=True)])
+        budget = self.max_tokens_per_micro_batch
+        if budget is None:
+            return [list(rows.tensor_split(num_micro_batches(len(rows), self.micro_batch_samples))) for rows in ordered]
+        cuts = [(prompt_lengths[rows].tolist(), shard.response_lengths[rows].tolist()) for rows in ordered]
+        counts = torch.tensor([count_token_budget_groups(p, r, budget) for p, r in cuts], dtype=torch.long)
+        if self.world_size > 1:
+            dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        return [[rows[g.start: g.stop] for g in split_by_tokens(p, r, int(k))]
+                for rows, (p, r), k in zip(ordered, cuts, counts.tolist())]
 
     def _prepare_micro(self, micro: TrainBatch, rows: torch.Tensor, n: int, out: dict[str, torch.Tensor],
                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:

@@ -1,6 +1,8 @@
+import pytest
 import torch
 
-from rlpipe.learner.batch import build_batch, pad_to_multiple, split_even
+from rlpipe.learner.batch import (build_batch, count_token_budget_groups, pad_to_multiple, padded_tokens,
+                                  split_by_tokens, split_even)
 
 
 def test_layout_aligns_responses_at_column_p():
@@ -27,3 +29,33 @@ def test_padding_rows_carry_no_tokens_and_shards_are_equal():
     assert padded.response_mask.sum() == batch.response_mask.sum()
     shards = split_even(padded, 2)
     assert [s.num_samples for s in shards] == [2, 2]
+
+
+def test_padded_tokens_count_rows_times_longest_prompt_plus_longest_response():
+    # rows (prompt, response): (2, 3), (4, 1) -> 2 rows x (4 + 3) = 14, though only 10 tokens are real.
+    assert padded_tokens([2, 4], [3, 1]) == 14
+    assert padded_tokens([3], [0]) == 4  # an empty response still has its one column
+    assert padded_tokens([], []) == 0
+
+
+def test_token_budget_groups_stay_under_the_budget_and_a_long_row_stands_alone():
+    prompts, responses = [2, 2, 2, 2, 2], [1, 1, 2, 3, 20]  # totals 3 3 4 5 22, sorted
+    # budget 10: [3, 3] = 2 x 3 = 6; adding the 4-token row makes 3 x 4 = 12 > 10, so it starts a group; [4, 5] would
+    # be 2 x 5 = 10 <= 10; the 22-token row is over the budget alone.
+    assert count_token_budget_groups(prompts, responses, 10) == 3
+    assert count_token_budget_groups(prompts, responses, 1000) == 1
+    assert count_token_budget_groups([], [], 10) == 0
+
+
+def test_split_by_tokens_gives_exactly_the_count_asked_with_the_smallest_greedy_maximum():
+    prompts, responses = [2] * 6, [1, 1, 1, 1, 4, 8]  # totals 3 3 3 3 6 10
+    groups = split_by_tokens(prompts, responses, 3)
+    assert [list(g) for g in groups] == [[0, 1, 2, 3], [4], [5]]  # costs 12, 6, 10: no cut has a maximum below 12
+    # 4 groups: the smallest greedy budget is 10 (row 5 alone costs 10): [0-2] = 9, [3] = 3, [4] = 6, [5] = 10.
+    assert [list(g) for g in split_by_tokens(prompts, responses, 4)] == [[0, 1, 2], [3], [4], [5]]
+    # More groups than any budget's greedy cut gives (4 at budget 10): the costliest groups of two or more rows are
+    # halved, [0-2] into [0] and [1, 2], then [1, 2] into [1] and [2].
+    assert [list(g) for g in split_by_tokens(prompts, responses, 6)] == [[0], [1], [2], [3], [4], [5]]
+    assert split_by_tokens(prompts, responses, 1) == [range(0, 6)]
+    with pytest.raises(ValueError):
+        split_by_tokens(prompts, responses, 7)

@@ -31,9 +31,10 @@ def _samples(vocab: int):
     return prompts, responses, logprobs, torch.randn(N, generator=g)
 
 
-def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path):
+def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path, token_budget=None):
     torch.set_num_threads(1)
     worker = learner_rank(model_dir, port, rank=rank, world_size=world, micro_batch_samples=micro,
+                          max_tokens_per_micro_batch=token_budget,
                           old_logprobs="rollout", loss_aggregation=aggregation, kl_coef=0.1, loss_constant=8.0,
                           clip_high=0.28)
     from transformers import AutoConfig
@@ -56,9 +57,10 @@ def _rank_main(rank, world, port, model_dir, aggregation, micro, out_path):
     worker.shutdown()
 
 
-def _run(world, model_dir, aggregation, micro, tmp_path):
-    out = tmp_path / f"w{world}_{aggregation}.pt"
-    mp.start_processes(_rank_main, args=(world, free_port(), model_dir, aggregation, micro, out), nprocs=world,
+def _run(world, model_dir, aggregation, micro, tmp_path, token_budget=None):
+    out = tmp_path / f"w{world}_{aggregation}_{token_budget}.pt"
+    mp.start_processes(_rank_main, args=(world, free_port(), model_dir, aggregation, micro, out, token_budget),
+                       nprocs=world,
                        join=True, start_method="spawn")
     return torch.load(out)
 
@@ -76,4 +78,18 @@ def test_two_ranks_with_micro_batches_equal_one_rank_whole_batch(micro_model_dir
     for name, w in whole["weights"].items():
         # A wrong direction moves a weight by ~lr = 1e-3; float rounding in a near-zero gradient, which Adam's
         # m/sqrt(v) scales up, by a few 1e-6 at most (measured: 3.5e-6, one element of 8192).
+        torch.testing.assert_close(split["weights"][name], w, rtol=0, atol=1e-5, msg=name)
+
+
+def test_token_budget_micro_batches_equal_one_rank_whole_batch(micro_model_dir, tmp_path):
+    """``max_tokens_per_micro_batch``: two ranks cut their rows into micro-batches of at most 24 padded tokens (rows
+    are 3-14 tokens long, so 1-4 rows each and a different count per rank before the all-reduce agrees on one); the
+    update is the whole batch's on one rank."""
+    whole = _run(1, micro_model_dir, "token_mean", micro=64, tmp_path=tmp_path)
+    split = _run(2, micro_model_dir, "token_mean", micro=64, tmp_path=tmp_path, token_budget=24)
+    for step in range(2):
+        for key in ("actor/grad_norm", "actor/pg_loss", "actor/kl", "actor/clipfrac"):
+            assert split["metrics"][step][key] == pytest.approx(whole["metrics"][step][key], rel=1e-5, abs=1e-7), \
+                (step, key)
+    for name, w in whole["weights"].items():
         torch.testing.assert_close(split["weights"][name], w, rtol=0, atol=1e-5, msg=name)
