@@ -232,6 +232,12 @@ class LearnerConfig(Section):
         "are cut so that no micro-batch holds more than this many padded tokens (rows × longest prompt + longest "
         "response; a longer sample is a micro-batch alone); every rank runs as many as the rank that needs the most. "
         "The gradient is the same either way (the loss is normalised by the mini-batch's global counts).", None)
+    packing: str = _help(
+        "none | sequences | shared_prefix. How a micro-batch runs through the model: padded (none); as one "
+        "padding-free stream (sequences: each sample's prompt and response, attention never crossing samples); or "
+        "that stream with each prompt once for all its samples on the rank (shared_prefix). Same logprobs and "
+        "gradients (tests/learner/test_packing.py); with packing the token budget counts stream tokens. Not with "
+        "auxiliary heads (they read per-sample hidden states).", "none")
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 

@@ -142,6 +142,7 @@ def build_learner(cfg: Config, model_path: str, spec: LearnerSpec, wait: bool = 
         objective=build.objective_settings(cfg),
         micro_batch_samples=cfg.learner.micro_batch_samples,
         max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
+        packing=cfg.learner.packing,
         with_reference=spec.with_reference,
         old_logprobs=cfg.algorithm.old_logprobs,
         correction=build.correction_settings(cfg),

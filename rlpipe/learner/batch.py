@@ -16,11 +16,15 @@ so a step's samples cross the Ray boundary once (docs/design.md, "the road of on
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, fields, replace
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import torch
+
+if TYPE_CHECKING:
+    from rlpipe.learner.packing import PackedLayout
 
 
 @dataclass
@@ -36,6 +40,8 @@ class TrainBatch:
     is_weights: Optional[torch.Tensor] = None  # [N, T] off-policy importance weights (rlpipe.algos.offpolicy)
     outcome: Optional[torch.Tensor] = None  # [N] float: 1 if the verifier judged the sample correct, else 0
     format_ok: Optional[torch.Tensor] = None  # [N] bool: an answer could be extracted (auxiliary heads' labels)
+    # The same samples as one padding-free stream (rlpipe.learner.packing): forwards read it instead of input_ids.
+    packed: Optional["PackedLayout"] = None
 
     @property
     def num_samples(self) -> int:
@@ -53,6 +59,8 @@ class TrainBatch:
 
 
 def _take(t: Optional[torch.Tensor], index):
+    if t is not None and not isinstance(t, torch.Tensor):
+        raise TypeError("a packed TrainBatch cannot be sliced: pack the rows you want instead")
     return None if t is None else t[index]
 
 
@@ -125,52 +133,58 @@ def padded_tokens(prompt_lengths: Sequence[int], response_lengths: Sequence[int]
     return len(prompt_lengths) * (max(prompt_lengths) + max(1, max(response_lengths)))
 
 
-def _groups_under(prompt_lengths: Sequence[int], response_lengths: Sequence[int], budget: int) -> list[int]:
-    """Greedy cut points: each group grows while its padded tokens stay ≤ ``budget`` (a row over it stands alone).
-    Returns the groups' end indices."""
-    ends, start, p_max, r_max = [], 0, 0, 1
-    for i, (p, r) in enumerate(zip(prompt_lengths, response_lengths)):
-        p_new, r_new = max(p_max, p), max(r_max, r)
-        if i > start and (i + 1 - start) * (p_new + r_new) > budget:
+Cost = Callable[[int, int], int]  # cost(start, stop): the tokens a micro-batch of items start..stop-1 costs
+
+
+def padded_cost(prompt_lengths: Sequence[int], response_lengths: Sequence[int]) -> Cost:
+    """Items are samples laid out padded (``build_batch``)."""
+    return lambda a, b: padded_tokens(prompt_lengths[a:b], response_lengths[a:b])
+
+
+def summed_cost(tokens: Sequence[int]) -> Cost:
+    """Items are packed units (``rlpipe.learner.packing``): a micro-batch costs the sum of their tokens."""
+    prefix = [0, *itertools.accumulate(tokens)]
+    return lambda a, b: prefix[b] - prefix[a]
+
+
+def _groups_under(num_items: int, cost: Cost, budget: int) -> list[int]:
+    """Greedy cut of items 0..num_items-1 (sorted by length): each group grows while its cost stays ≤ ``budget`` (an
+    item over it stands alone). Returns the groups' end indices."""
+    ends, start = [], 0
+    for i in range(1, num_items):
+        if cost(start, i + 1) > budget:
             ends.append(i)
-            start, p_new, r_new = i, p, max(1, r)
-        p_max, r_max = p_new, r_new
-    ends.append(len(prompt_lengths))
+            start = i
+    ends.append(num_items)
     return ends
 
 
-def count_token_budget_groups(prompt_lengths: Sequence[int], response_lengths: Sequence[int], budget: int) -> int:
-    """How many micro-batches rows (sorted by length) need so that none exceeds ``budget`` padded tokens (a row longer
-    than the budget alone is one micro-batch)."""
-    return len(_groups_under(prompt_lengths, response_lengths, budget)) if len(prompt_lengths) else 0
+def count_token_budget_groups(num_items: int, cost: Cost, budget: int) -> int:
+    """How many micro-batches items (sorted by length) need so that none costs more than ``budget`` tokens (an item
+    over the budget alone is one micro-batch)."""
+    return len(_groups_under(num_items, cost, budget)) if num_items else 0
 
 
-def split_by_tokens(prompt_lengths: Sequence[int], response_lengths: Sequence[int], num_groups: int) -> list[range]:
-    """Exactly ``num_groups`` contiguous groups of rows (sorted by length; ``num_groups`` ≤ rows) whose largest padded
-    cost is as small as a greedy cut can make it: the smallest budget whose greedy cut needs ≤ ``num_groups`` groups
+def split_by_tokens(num_items: int, cost: Cost, num_groups: int) -> list[range]:
+    """Exactly ``num_groups`` contiguous groups of items (sorted by length; ``num_groups`` ≤ items) whose largest cost
+    is as small as a greedy cut can make it: the smallest budget whose greedy cut needs ≤ ``num_groups`` groups
     (binary search), then the costliest groups are halved until there are ``num_groups``. Every rank must run the same
     number of micro-batches (FSDP's collectives), so the count comes from outside and the budget is derived here."""
-    n = len(prompt_lengths)
-    if not 1 <= num_groups <= max(1, n):
-        raise ValueError(f"cannot split {n} rows into {num_groups} micro-batches")
-    if n == 0:
+    if not 1 <= num_groups <= max(1, num_items):
+        raise ValueError(f"cannot split {num_items} rows into {num_groups} micro-batches")
+    if num_items == 0:
         return [range(0, 0)]
-    low = max(p + max(1, r) for p, r in zip(prompt_lengths, response_lengths))
-    high = padded_tokens(prompt_lengths, response_lengths)
+    low, high = max(cost(i, i + 1) for i in range(num_items)), cost(0, num_items)
     while low < high:
         mid = (low + high) // 2
-        if len(_groups_under(prompt_lengths, response_lengths, mid)) <= num_groups:
+        if len(_groups_under(num_items, cost, mid)) <= num_groups:
             high = mid
         else:
             low = mid + 1
-    starts = [0, *_groups_under(prompt_lengths, response_lengths, low)]
+    starts = [0, *_groups_under(num_items, cost, low)]
     groups = [range(a, b) for a, b in zip(starts, starts[1:])]
-
-    def cost(g: range) -> int:
-        return padded_tokens([prompt_lengths[i] for i in g], [response_lengths[i] for i in g])
-
     while len(groups) < num_groups:
-        k = max((i for i, g in enumerate(groups) if len(g) > 1), key=lambda i: cost(groups[i]))
+        k = max((i for i, g in enumerate(groups) if len(g) > 1), key=lambda i: cost(groups[i].start, groups[i].stop))
         g = groups[k]
         middle = g.start + len(g) // 2
         groups[k: k + 1] = [range(g.start, middle), range(middle, g.stop)]
@@ -229,14 +243,21 @@ class SampleShard:
     def num_minibatches(self) -> int:
         return int(self.minibatch.max()) + 1 if self.num_samples else 0
 
-    def to_train_batch(self, rows: Sequence[int], pad_id: int) -> TrainBatch:
-        """The padded layout of ``rows`` (indices into this shard), with the loss mask applied."""
-        prompts = list(self.prompt_ids.split(self.prompt_lengths.tolist()))
+    def to_train_batch(self, rows: Sequence[int], pad_id: int, packing: str = "none") -> TrainBatch:
+        """The padded layout of ``rows`` (indices into this shard), with the loss mask applied; with ``packing``
+        (``sequences`` | ``shared_prefix``) also their packed stream, which forward passes then use."""
+        prompts = [p.tolist() for p in self.prompt_ids.split(self.prompt_lengths.tolist())]
         responses = list(self.response_ids.split(self.response_lengths.tolist()))
         logprobs = list(self.rollout_logprobs.split(self.response_lengths.tolist()))
         rows = list(rows)
-        batch = build_batch([prompts[int(self.prompt_index[i])].tolist() for i in rows],
-                            [responses[i].tolist() for i in rows], [logprobs[i].tolist() for i in rows], pad_id)
+        prompt_of = [int(self.prompt_index[i]) for i in rows]
+        response_rows = [responses[i].tolist() for i in rows]
+        batch = build_batch([prompts[k] for k in prompt_of], response_rows, [logprobs[i].tolist() for i in rows],
+                            pad_id)
+        if packing != "none":
+            from rlpipe.learner.packing import pack
+
+            batch.packed = pack(prompts, prompt_of, response_rows, share_prefix=packing == "shared_prefix")
         index = torch.tensor(rows, dtype=torch.long)
         batch.response_mask &= self.loss_mask[index].unsqueeze(1)
         batch.outcome = self.outcome[index]

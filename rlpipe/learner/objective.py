@@ -79,12 +79,19 @@ def forward_logprobs(
     """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy
     and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2 is the second-to-last)."""
     p = batch.prompt_len
-    t = batch.response_mask.shape[1]
-    # Logits for the last T+1 positions only (the output layer never runs over the prompt): position p-1+t predicts
-    # input_ids[:, p+t], so the last position's are dropped.
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                output_hidden_states=bool(hidden_layers), logits_to_keep=t + 1)
-    logits = out.logits[:, :-1].float()  # [N, T, V]
+    n, t = batch.response_mask.shape
+    if batch.packed is not None:
+        if hidden_layers:
+            raise ValueError("packed forward passes give no per-sample hidden states (auxiliary heads need them)")
+        logits = _packed_logits(model, batch).view(n, t, -1)
+        hidden = {}
+    else:
+        # Logits for the last T+1 positions only (the output layer never runs over the prompt): position p-1+t
+        # predicts input_ids[:, p+t], so the last position's are dropped.
+        out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                    output_hidden_states=bool(hidden_layers), logits_to_keep=t + 1)
+        logits = out.logits[:, :-1].float()  # [N, T, V]
+        hidden = {layer: out.hidden_states[layer] for layer in hidden_layers}
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     targets = batch.input_ids[:, p:]  # [N, T]
@@ -92,8 +99,19 @@ def forward_logprobs(
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     logprobs = logprobs.masked_fill(~batch.response_mask, 0.0)
     entropy = entropy_from_logits(logits) if with_entropy else None
-    hidden = {layer: out.hidden_states[layer] for layer in hidden_layers}
     return Forward(logprobs, entropy, hidden)
+
+
+def _packed_logits(model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
+    """[N*T, V] float: the logits that predict each response token, from one forward over the packed stream (the
+    output layer runs only at the positions that predict a response token)."""
+    from rlpipe.learner.packing import LAYOUT_KWARG, mask_placeholder, packed_attention_on
+
+    layout = batch.packed
+    with packed_attention_on(model):
+        out = model(input_ids=layout.input_ids, attention_mask=mask_placeholder(layout.input_ids.device),
+                    position_ids=layout.position_ids, logits_to_keep=layout.predict, **{LAYOUT_KWARG: layout})
+    return out.logits[0].float()
 
 
 def _token_weighted_mean(values: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:

@@ -18,10 +18,11 @@ import torch
 import torch.distributed as dist
 
 from rlpipe.learner.backend import BACKENDS, OLD_LOGPROBS
-from rlpipe.learner.batch import (SampleShard, TrainBatch, count_token_budget_groups, num_micro_batches,
-                                  split_by_tokens)
+from rlpipe.learner.batch import (SampleShard, TrainBatch, count_token_budget_groups, num_micro_batches, padded_cost,
+                                  split_by_tokens, summed_cost)
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
+from rlpipe.learner.packing import PACKING_MODES
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
 
 
@@ -73,6 +74,7 @@ class LearnerRank:
         correction: CorrectionSettings,
         heads: Sequence[tuple[str, Any]] = (),
         max_tokens_per_micro_batch: Optional[int] = None,
+        packing: str = "none",
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -89,6 +91,9 @@ class LearnerRank:
         self.objective = objective
         self.micro_batch_samples = micro_batch_samples
         self.max_tokens_per_micro_batch = max_tokens_per_micro_batch
+        if packing not in PACKING_MODES:
+            raise ValueError(f"packing must be one of {PACKING_MODES} (got {packing!r})")
+        self.packing = packing
         if old_logprobs not in OLD_LOGPROBS:
             raise ValueError(f"old_logprobs must be one of {OLD_LOGPROBS} (got {old_logprobs!r})")
         self.old_from_rollout = old_logprobs == "rollout"
@@ -153,33 +158,73 @@ class LearnerRank:
         for micro_rows in self._micro_batch_rows(shard):
             micros = []
             for rows in micro_rows:
-                micro = shard.to_train_batch(rows.tolist(), self.pad_id).to(self.device)
+                micro = shard.to_train_batch(rows.tolist(), self.pad_id, self.packing).to(self.device)
                 micro.old_logprobs, micro.ref_logprobs = self._prepare_micro(micro, rows, n, out)
                 micros.append((micro, rows))
             self._prepared.append(micros)
         return out
 
     def _micro_batch_rows(self, shard: SampleShard) -> list[list[torch.Tensor]]:
-        """Per mini-batch, the shard rows of each micro-batch. Rows are sorted by length first, so each micro-batch,
-        padded to its own longest sample, carries little padding. Every rank runs the same number of micro-batches,
-        as FSDP's collectives need: ``micro_batch_samples`` rows each (shards are equal in rows), or, with
+        """Per mini-batch, the shard rows of each micro-batch. Every rank runs the same number of micro-batches, as
+        FSDP's collectives need: ``micro_batch_samples`` rows each (shards are equal in rows), or, with
         ``max_tokens_per_micro_batch``, as many as the rank that needs the most under that budget (one all-reduce per
-        step), each rank cutting its rows into that many groups of about equal padded tokens."""
+        step), each rank cutting its rows into that many groups of about equal tokens.
+
+        Padded: rows sorted by length, so each micro-batch, padded to its own longest sample, carries little padding.
+        Packed: the units are a prompt's samples on this rank (``shared_prefix``: kept together, the prompt runs once)
+        or single samples (``sequences``), sorted by their tokens; a micro-batch costs the sum of its units' tokens.
+        """
         prompt_lengths = shard.prompt_lengths[shard.prompt_index.long()]
-        lengths = prompt_lengths + shard.response_lengths
-        ordered = []
+        plans = []  # per mini-batch: (units, their cost function)
         for mb in range(shard.num_minibatches()):
             rows = (shard.minibatch == mb).nonzero().flatten()
-            ordered.append(rows[torch.argsort(lengths[rows], stable=True)])
+            if self.packing == "none":
+                rows = rows[torch.argsort((prompt_lengths + shard.response_lengths)[rows], stable=True)]
+                units = [rows[i: i + 1] for i in range(len(rows))]
+                cost = padded_cost(prompt_lengths[rows].tolist(), shard.response_lengths[rows].tolist())
+            else:
+                units = self._packing_units(shard, rows)
+                cost = summed_cost([self._unit_tokens(shard, u) for u in units])
+            plans.append((rows, units, cost))
         budget = self.max_tokens_per_micro_batch
         if budget is None:
-            return [list(rows.tensor_split(num_micro_batches(len(rows), self.micro_batch_samples))) for rows in ordered]
-        cuts = [(prompt_lengths[rows].tolist(), shard.response_lengths[rows].tolist()) for rows in ordered]
-        counts = torch.tensor([count_token_budget_groups(p, r, budget) for p, r in cuts], dtype=torch.long)
-        if self.world_size > 1:
-            dist.all_reduce(counts, op=dist.ReduceOp.MAX)
-        return [[rows[g.start: g.stop] for g in split_by_tokens(p, r, int(k))]
-                for rows, (p, r), k in zip(ordered, cuts, counts.tolist())]
+            counts = torch.tensor([num_micro_batches(len(rows), self.micro_batch_samples) for rows, _, _ in plans])
+            if self.packing == "none":  # equal-sized slices of the sorted rows
+                return [list(rows.tensor_split(int(k))) for (rows, _, _), k in zip(plans, counts)]
+        else:
+            counts = torch.tensor([count_token_budget_groups(len(units), cost, budget) for _, units, cost in plans],
+                                  dtype=torch.long)
+            if self.world_size > 1:
+                dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        out = []
+        for (rows, units, cost), k in zip(plans, counts.tolist()):
+            if len(units) < k:  # more micro-batches than units: split the largest prompt groups
+                units = self._split_units(shard, units, k)
+                cost = summed_cost([self._unit_tokens(shard, u) for u in units])
+            out.append([torch.cat(units[g.start: g.stop]) for g in split_by_tokens(len(units), cost, int(k))])
+        return out
+
+    def _packing_units(self, shard: SampleShard, rows: torch.Tensor) -> list[torch.Tensor]:
+        if self.packing == "shared_prefix":
+            prompts = shard.prompt_index[rows]
+            units = [rows[prompts == k] for k in torch.unique(prompts).tolist()]
+        else:
+            units = [rows[i: i + 1] for i in range(len(rows))]
+        return sorted(units, key=lambda u: self._unit_tokens(shard, u))
+
+    def _unit_tokens(self, shard: SampleShard, unit: torch.Tensor) -> int:
+        """Tokens a unit adds to the packed stream: its prompt once (shared) or per sample, plus its responses."""
+        prompt = shard.prompt_lengths[shard.prompt_index[unit].long()]
+        prompt_tokens = int(prompt[0]) if self.packing == "shared_prefix" else int(prompt.sum())
+        return prompt_tokens + int(shard.response_lengths[unit].sum())
+
+    def _split_units(self, shard: SampleShard, units: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+        units = list(units)
+        while len(units) < k:
+            largest = max(range(len(units)), key=lambda i: len(units[i]))
+            unit = units.pop(largest)
+            units += [unit[: len(unit) // 2], unit[len(unit) // 2:]]
+        return sorted(units, key=lambda u: self._unit_tokens(shard, u))
 
     def _prepare_micro(self, micro: TrainBatch, rows: torch.Tensor, n: int, out: dict[str, torch.Tensor],
                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
