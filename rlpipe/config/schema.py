@@ -229,15 +229,16 @@ class LearnerConfig(Section):
     micro_batch_samples: int = _help("Samples per forward/backward on one rank (gradient accumulation unit).", 64)
     max_tokens_per_micro_batch: Optional[int] = _help(
         "Token-budget micro-batches, used instead of micro_batch_samples when set: a rank's rows, sorted by length, "
-        "are cut so that no micro-batch holds more than this many padded tokens (rows × longest prompt + longest "
-        "response; a longer sample is a micro-batch alone); every rank runs as many as the rank that needs the most. "
-        "The gradient is the same either way (the loss is normalised by the mini-batch's global counts).", None)
+        "are cut so that no micro-batch holds more than this many tokens (packed: stream tokens; packing=none: padded "
+        "tokens, rows × (longest prompt + longest response); a longer sample is a micro-batch alone); every rank runs "
+        "as many as the rank that needs the most. "
+        "The gradient is the same either way (the loss is normalised by the mini-batch's global counts). null = "
+        "micro_batch_samples. Default measured on the default and generation-heavy jobs: docs/learners.md.", 4096)
     packing: str = _help(
         "none | sequences | shared_prefix. How a micro-batch runs through the model: padded (none); as one "
         "padding-free stream (sequences: each sample's prompt and response, attention never crossing samples); or "
         "that stream with each prompt once for all its samples on the rank (shared_prefix). Same logprobs and "
-        "gradients (tests/learner/test_packing.py); with packing the token budget counts stream tokens. Not with "
-        "auxiliary heads (they read per-sample hidden states).", "none")
+        "gradients (tests/learner/test_packing.py); with packing the token budget counts stream tokens.", "shared_prefix")
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
 

@@ -220,9 +220,6 @@ def _learner(cfg: Config) -> list[str]:
     if lr.max_tokens_per_micro_batch is not None:
         errors += _at_least("learner.max_tokens_per_micro_batch", lr.max_tokens_per_micro_batch, 1)
     errors += _choice("learner.packing", lr.packing, PACKING_MODES)
-    if lr.packing != "none" and cfg.model.score_head.enabled:
-        errors.append("learner.packing must be none with model.score_head.enabled (the head reads per-sample hidden "
-                      "states, which packed forward passes do not give)")
     samples = cfg.data.prompts_per_step * cfg.rollout.samples_per_prompt
     if samples < lr.num_workers:
         errors.append("data.prompts_per_step * rollout.samples_per_prompt must be >= learner.num_workers")

@@ -81,10 +81,8 @@ def forward_logprobs(
     p = batch.prompt_len
     n, t = batch.response_mask.shape
     if batch.packed is not None:
-        if hidden_layers:
-            raise ValueError("packed forward passes give no per-sample hidden states (auxiliary heads need them)")
-        logits = _packed_logits(model, batch).view(n, t, -1)
-        hidden = {}
+        logits, hidden = _packed_forward(model, batch, hidden_layers)
+        logits = logits.view(n, t, -1)
     else:
         # Logits for the last T+1 positions only (the output layer never runs over the prompt): position p-1+t
         # predicts input_ids[:, p+t], so the last position's are dropped.
@@ -102,16 +100,19 @@ def forward_logprobs(
     return Forward(logprobs, entropy, hidden)
 
 
-def _packed_logits(model: torch.nn.Module, batch: TrainBatch) -> torch.Tensor:
-    """[N*T, V] float: the logits that predict each response token, from one forward over the packed stream (the
-    output layer runs only at the positions that predict a response token)."""
+def _packed_forward(model: torch.nn.Module, batch: TrainBatch, hidden_layers: Sequence[int],
+                    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """One forward over the packed stream: the logits that predict each response token, [N*T, V] float (the output
+    layer runs only there), and the asked-for layers' hidden states laid out as the padded batch's, [N, P+T, H]."""
     from rlpipe.learner.packing import LAYOUT_KWARG, mask_placeholder, packed_attention_on
 
     layout = batch.packed
     with packed_attention_on(model):
         out = model(input_ids=layout.input_ids, attention_mask=mask_placeholder(layout.input_ids.device),
-                    position_ids=layout.position_ids, logits_to_keep=layout.predict, **{LAYOUT_KWARG: layout})
-    return out.logits[0].float()
+                    position_ids=layout.position_ids, logits_to_keep=layout.predict,
+                    output_hidden_states=bool(hidden_layers), **{LAYOUT_KWARG: layout})
+    hidden = {layer: out.hidden_states[layer][0][layout.padded_index] for layer in hidden_layers}
+    return out.logits[0].float(), hidden
 
 
 def _token_weighted_mean(values: torch.Tensor, mask: torch.Tensor, counts: GlobalCounts) -> torch.Tensor:

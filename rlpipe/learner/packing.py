@@ -43,6 +43,8 @@ class PackedLayout:
     owner         [S]    long   for each stream token, the flat index (i * W + j) of the row cell whose output it takes
     predict       [N*T]  long   the stream position whose logits predict response token t of sample i (sample-major;
                                 the last prompt token for t = 0), 0 on padding
+    padded_index  [N, P+T] long the stream position of each cell of the padded layout (``build_batch``; P = longest
+                                prompt), 0 on its padding: hidden states in that layout, for auxiliary heads
     """
 
     input_ids: torch.Tensor
@@ -51,6 +53,7 @@ class PackedLayout:
     valid: torch.Tensor
     owner: torch.Tensor
     predict: torch.Tensor
+    padded_index: torch.Tensor
 
     @property
     def num_tokens(self) -> int:
@@ -67,6 +70,8 @@ def pack(prompts: Sequence[Sequence[int]], prompt_of: Sequence[int], responses: 
     n = len(responses)
     t = max(1, max((len(r) for r in responses), default=1))
     w = max(len(prompts[prompt_of[i]]) + len(responses[i]) for i in range(n))
+    longest_prompt = max(len(prompts[k]) for k in prompt_of)
+    padded_index = torch.zeros((n, longest_prompt + t), dtype=torch.long)
     stream: list[int] = []
     positions: list[int] = []
     owner: list[int] = []
@@ -92,11 +97,13 @@ def pack(prompts: Sequence[Sequence[int]], prompt_of: Sequence[int], responses: 
         gather[i, :p] = torch.arange(start, start + p)
         gather[i, p: p + len(response)] = torch.arange(first, first + len(response))
         valid[i, : p + len(response)] = True
+        padded_index[i, longest_prompt - p: longest_prompt] = gather[i, :p]
+        padded_index[i, longest_prompt: longest_prompt + len(response)] = gather[i, p: p + len(response)]
         if response:
             predict[i, 0] = start + p - 1
             predict[i, 1: len(response)] = torch.arange(first, first + len(response) - 1)
     return PackedLayout(torch.tensor([stream], dtype=torch.long), torch.tensor([positions], dtype=torch.long), gather,
-                        valid, torch.tensor(owner, dtype=torch.long), predict.flatten())
+                        valid, torch.tensor(owner, dtype=torch.long), predict.flatten(), padded_index)
 
 
 def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -105,6 +112,9 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     """transformers' attention-function signature. query [1, H, S, d], key/value [1, H_kv, S, d] (already rotated);
     returns [1, S, H, d]. The layout comes in the forward call's kwargs (``LAYOUT_KWARG``)."""
     layout: PackedLayout = kwargs[LAYOUT_KWARG]
+    for unsupported in ("sliding_window", "softcap"):
+        if kwargs.get(unsupported) is not None:
+            raise NotImplementedError(f"learner.packing: attention with {unsupported} is not supported (packing=none)")
     n, w = layout.gather.shape
     index = layout.gather.flatten()
 

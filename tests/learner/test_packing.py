@@ -1,6 +1,6 @@
 """Packed forward passes (rlpipe.learner.packing) against the padded layout, on a real Qwen2 and a real Llama (fp32):
-per-token logprobs within 1e-5 and parameter gradients within 1e-4, with very different lengths and several samples
-per prompt (shared prefixes)."""
+per-token logprobs, entropies and hidden states (in the padded layout, as auxiliary heads read them) within 1e-5 and
+parameter gradients within 1e-4, with very different lengths and several samples per prompt (shared prefixes)."""
 
 from __future__ import annotations
 
@@ -37,11 +37,14 @@ def _models(micro_model_dir, tmp_path):
 
 
 def _logprobs_and_grads(model, batch):
+    """Logprobs, entropy and the second-to-last layer's hidden states at the real response tokens (what an auxiliary
+    head reads), and the gradients of a loss over all three."""
     model.zero_grad(set_to_none=True)
-    fwd = forward_logprobs(model, batch, temperature=0.7, with_entropy=True)
-    (fwd.logprobs.sum() + 0.1 * (fwd.entropy * batch.response_mask).sum()).backward()
+    fwd = forward_logprobs(model, batch, temperature=0.7, with_entropy=True, hidden_layers=(-2,))
+    hidden = fwd.hidden[-2][:, batch.prompt_len:] * batch.response_mask.unsqueeze(-1)
+    (fwd.logprobs.sum() + 0.1 * (fwd.entropy * batch.response_mask).sum() + 0.01 * hidden.sum()).backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
-    return fwd.logprobs.detach(), (fwd.entropy * batch.response_mask).detach(), grads
+    return fwd.logprobs.detach(), (fwd.entropy * batch.response_mask).detach(), hidden.detach(), grads
 
 
 @pytest.mark.parametrize("packing", ["sequences", "shared_prefix"])
@@ -55,11 +58,12 @@ def test_packed_logprobs_and_gradients_equal_the_padded_ones(micro_model_dir, tm
     assert packed.packed.num_tokens == (shared if packing == "shared_prefix" else real)
     assert packed.packed.num_tokens < padded.input_ids.numel()  # 7 x 57 padded tokens
     for name, model in _models(micro_model_dir, tmp_path).items():
-        lp_pad, ent_pad, g_pad = _logprobs_and_grads(model, padded)
-        lp_pack, ent_pack, g_pack = _logprobs_and_grads(model, packed)
+        lp_pad, ent_pad, hid_pad, g_pad = _logprobs_and_grads(model, padded)
+        lp_pack, ent_pack, hid_pack, g_pack = _logprobs_and_grads(model, packed)
         assert model.config._attn_implementation == "sdpa"  # restored after the packed call
         torch.testing.assert_close(lp_pack, lp_pad, rtol=0, atol=1e-5, msg=name)
         torch.testing.assert_close(ent_pack, ent_pad, rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(hid_pack, hid_pad, rtol=0, atol=1e-5, msg=name)
         assert g_pack.keys() == g_pad.keys()
         for key in g_pad:
             torch.testing.assert_close(g_pack[key], g_pad[key], rtol=1e-4, atol=1e-4, msg=f"{name} {key}")
