@@ -7,6 +7,8 @@ Modules:
     kl           — k1/k2/k3 estimators; token- or sequence-level KL loss; KL in the reward
     entropy      — per-token entropy from logits
     shaping      — DAPO overlong penalty, zero-variance group filter, truncation mask
+    offpolicy    — rollout corrections: truncated / masked importance sampling, AReaL's decoupled PPO
+    preference   — DPO, IPO, SimPO, SimPER pair losses (registry ``PREFERENCE_LOSSES``)
 
 Shape letters: N = samples in the flat batch (prompts x samples per prompt), T = response tokens, V = vocabulary.
 """

@@ -226,14 +226,14 @@ class LearnerConfig(Section):
     betas: list[float] = _help("AdamW betas.", default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = _help("Global gradient-norm clip (0 = off).", 1.0)
     updates_per_step: int = _help("Optimizer steps per RL step: the batch is split into this many mini-batches.", 1)
-    micro_batch_samples: int = _help("Samples per forward/backward on one rank (gradient accumulation unit).", 64)
+    micro_batch_samples: int = _help("Samples per forward/backward on one rank (gradient accumulation unit); with "
+                                     "max_tokens_per_micro_batch, the most a micro-batch holds.", 64)
     max_tokens_per_micro_batch: Optional[int] = _help(
-        "Token-budget micro-batches, used instead of micro_batch_samples when set: a rank's rows, sorted by length, "
-        "are cut so that no micro-batch holds more than this many tokens (packed: stream tokens; packing=none: padded "
-        "tokens, rows × (longest prompt + longest response); a longer sample is a micro-batch alone); every rank runs "
-        "as many as the rank that needs the most. "
-        "The gradient is the same either way (the loss is normalised by the mini-batch's global counts). null = "
-        "micro_batch_samples. Default measured on the default and generation-heavy jobs: docs/learners.md.", 4096)
+        "Token-budget micro-batches (null: micro_batch_samples samples each): a rank's samples, sorted by length, are "
+        "cut so that no micro-batch holds more than this many tokens (packed: stream tokens; packing=none: padded "
+        "tokens, rows × (longest prompt + longest response)) nor more than micro_batch_samples samples; a longer "
+        "sample is a micro-batch alone. Every rank runs as many as the rank that needs the most. The gradient is the "
+        "same either way (the loss is normalised by the mini-batch's global counts); measured: docs/learners.md.", 4096)
     packing: str = _help(
         "none | sequences | shared_prefix. How a micro-batch runs through the model: padded (none); as one "
         "padding-free stream (sequences: each sample's prompt and response, attention never crossing samples); or "

@@ -147,6 +147,14 @@ def summed_cost(tokens: Sequence[int]) -> Cost:
     return lambda a, b: prefix[b] - prefix[a]
 
 
+def capped_cost(cost: Cost, item_samples: Sequence[int], max_samples: int) -> Cost:
+    """``cost``, but a micro-batch of more than ``max_samples`` samples (``item_samples``: samples per item) costs more
+    than any budget, so cuts keep both limits (every item must itself hold at most ``max_samples``)."""
+    prefix = [0, *itertools.accumulate(item_samples)]
+    over = 2 ** 62
+    return lambda a, b: over if prefix[b] - prefix[a] > max_samples else cost(a, b)
+
+
 def _groups_under(num_items: int, cost: Cost, budget: int) -> list[int]:
     """Greedy cut of items 0..num_items-1 (sorted by length): each group grows while its cost stays ≤ ``budget`` (an
     item over it stands alone). Returns the groups' end indices."""

@@ -18,8 +18,8 @@ import torch
 import torch.distributed as dist
 
 from rlpipe.learner.backend import BACKENDS, OLD_LOGPROBS
-from rlpipe.learner.batch import (SampleShard, TrainBatch, count_token_budget_groups, num_micro_batches, padded_cost,
-                                  split_by_tokens, summed_cost)
+from rlpipe.learner.batch import (SampleShard, TrainBatch, capped_cost, count_token_budget_groups, num_micro_batches,
+                                  padded_cost, split_by_tokens, summed_cost)
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
 from rlpipe.learner.packing import PACKING_MODES
@@ -167,8 +167,9 @@ class LearnerRank:
     def _micro_batch_rows(self, shard: SampleShard) -> list[list[torch.Tensor]]:
         """Per mini-batch, the shard rows of each micro-batch. Every rank runs the same number of micro-batches, as
         FSDP's collectives need: ``micro_batch_samples`` rows each (shards are equal in rows), or, with
-        ``max_tokens_per_micro_batch``, as many as the rank that needs the most under that budget (one all-reduce per
-        step), each rank cutting its rows into that many groups of about equal tokens.
+        ``max_tokens_per_micro_batch``, as many as the rank that needs the most to keep every micro-batch within that
+        budget and within ``micro_batch_samples`` samples (one all-reduce per step), each rank cutting its rows into
+        that many groups of about equal tokens.
 
         Padded: rows sorted by length, so each micro-batch, padded to its own longest sample, carries little padding.
         Packed: the units are a prompt's samples on this rank (``shared_prefix``: kept together, the prompt runs once)
@@ -185,7 +186,7 @@ class LearnerRank:
             else:
                 units = self._packing_units(shard, rows)
                 cost = summed_cost([self._unit_tokens(shard, u) for u in units])
-            plans.append((rows, units, cost))
+            plans.append((rows, units, capped_cost(cost, [len(u) for u in units], self.micro_batch_samples)))
         budget = self.max_tokens_per_micro_batch
         if budget is None:
             counts = torch.tensor([num_micro_batches(len(rows), self.micro_batch_samples) for rows, _, _ in plans])
@@ -200,14 +201,17 @@ class LearnerRank:
         for (rows, units, cost), k in zip(plans, counts.tolist()):
             if len(units) < k:  # more micro-batches than units: split the largest prompt groups
                 units = self._split_units(shard, units, k)
-                cost = summed_cost([self._unit_tokens(shard, u) for u in units])
+                cost = capped_cost(summed_cost([self._unit_tokens(shard, u) for u in units]), [len(u) for u in units],
+                                   self.micro_batch_samples)
             out.append([torch.cat(units[g.start: g.stop]) for g in split_by_tokens(len(units), cost, int(k))])
         return out
 
     def _packing_units(self, shard: SampleShard, rows: torch.Tensor) -> list[torch.Tensor]:
+        """A prompt's samples (shared_prefix; at most ``micro_batch_samples`` per unit) or single samples."""
         if self.packing == "shared_prefix":
             prompts = shard.prompt_index[rows]
-            units = [rows[prompts == k] for k in torch.unique(prompts).tolist()]
+            units = [part for k in torch.unique(prompts).tolist()
+                     for part in rows[prompts == k].split(self.micro_batch_samples)]
         else:
             units = [rows[i: i + 1] for i in range(len(rows))]
         return sorted(units, key=lambda u: self._unit_tokens(shard, u))

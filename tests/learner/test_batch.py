@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from rlpipe.learner.batch import (build_batch, count_token_budget_groups, pad_to_multiple, padded_cost, padded_tokens,
-                                  split_by_tokens, split_even, summed_cost)
+from rlpipe.learner.batch import (build_batch, capped_cost, count_token_budget_groups, pad_to_multiple, padded_cost,
+                                  padded_tokens, split_by_tokens, split_even, summed_cost)
 
 
 def test_layout_aligns_responses_at_column_p():
@@ -69,3 +69,10 @@ def test_packed_units_cost_the_sum_of_their_tokens():
     assert count_token_budget_groups(4, cost, 16) == 2
     assert [list(g) for g in split_by_tokens(4, cost, 2)] == [[0, 1, 2], [3]]
     assert [list(g) for g in split_by_tokens(4, cost, 3)] == [[0], [1, 2], [3]]
+
+
+def test_a_sample_cap_holds_next_to_the_token_budget():
+    cost = capped_cost(summed_cost([1, 1, 1, 1, 1, 1]), [1, 1, 1, 1, 1, 1], max_samples=2)
+    # 6 one-token samples fit a budget of 100 at once, but at most 2 per micro-batch: 3 micro-batches of 2.
+    assert count_token_budget_groups(6, cost, 100) == 3
+    assert [list(g) for g in split_by_tokens(6, cost, 3)] == [[0, 1], [2, 3], [4, 5]]
