@@ -176,7 +176,7 @@ class LearnerRank:
         or single samples (``sequences``), sorted by their tokens; a micro-batch costs the sum of its units' tokens.
         """
         prompt_lengths = shard.prompt_lengths[shard.prompt_index.long()]
-        plans = []  # per mini-batch: (units, their cost function)
+        plans = []  # per mini-batch: (its rows, its units, their cost function)
         for mb in range(shard.num_minibatches()):
             rows = (shard.minibatch == mb).nonzero().flatten()
             if self.packing == "none":
@@ -188,15 +188,16 @@ class LearnerRank:
                 cost = summed_cost([self._unit_tokens(shard, u) for u in units])
             plans.append((rows, units, capped_cost(cost, [len(u) for u in units], self.micro_batch_samples)))
         budget = self.max_tokens_per_micro_batch
-        if budget is None:
-            counts = torch.tensor([num_micro_batches(len(rows), self.micro_batch_samples) for rows, _, _ in plans])
-            if self.packing == "none":  # equal-sized slices of the sorted rows
-                return [list(rows.tensor_split(int(k))) for (rows, _, _), k in zip(plans, counts)]
-        else:
-            counts = torch.tensor([count_token_budget_groups(len(units), cost, budget) for _, units, cost in plans],
-                                  dtype=torch.long)
-            if self.world_size > 1:
-                dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        if budget is None and self.packing == "none":  # equal-sized slices of the sorted rows
+            return [list(rows.tensor_split(num_micro_batches(len(rows), self.micro_batch_samples)))
+                    for rows, _, _ in plans]
+        # Packed units of several samples need not fill micro_batch_samples exactly, so even without a token
+        # budget the count is what the sample cap alone asks (2**62 - 1: no token limit), agreed over the ranks.
+        limit = budget if budget is not None else 2 ** 62 - 1
+        counts = torch.tensor([count_token_budget_groups(len(units), cost, limit) for _, units, cost in plans],
+                              dtype=torch.long)
+        if self.world_size > 1:
+            dist.all_reduce(counts, op=dist.ReduceOp.MAX)
         out = []
         for (rows, units, cost), k in zip(plans, counts.tolist()):
             if len(units) < k:  # more micro-batches than units: split the largest prompt groups

@@ -9,6 +9,7 @@ import torch
 
 from rlpipe.learner.batch import SampleShard
 from rlpipe.learner.objective import forward_logprobs
+from rlpipe.learner.rank import LearnerRank
 
 # 3 prompts (2, 9 and 17 tokens), 7 samples: 1 to 40 response tokens, one empty response, prompts shared 3/1/3 times.
 PROMPTS = [[5, 6], [7, 8, 9, 10, 11, 12, 13, 14, 15], list(range(20, 37))]
@@ -79,3 +80,28 @@ def test_a_shared_prompt_appears_once_in_the_stream():
     assert layout.position_ids[0, 2:4].tolist() == [2, 3]
     assert layout.predict.view(len(SAMPLES), -1)[1, 0] == 1  # sample 1 (prompt 0, 2 tokens): stream position 1
     assert sorted(layout.owner.tolist()) == sorted(set(layout.owner.tolist()))  # every token one owner
+
+
+def _planner(packing: str, budget, micro_batch_samples: int) -> LearnerRank:
+    """Just the micro-batch planning of a rank (one rank: no collective)."""
+    rank = LearnerRank.__new__(LearnerRank)
+    rank.packing, rank.max_tokens_per_micro_batch = packing, budget
+    rank.micro_batch_samples, rank.world_size = micro_batch_samples, 1
+    return rank
+
+
+@pytest.mark.parametrize("budget", [None, 10_000, 40])
+def test_shared_prefix_micro_batches_keep_prompt_groups_and_both_limits(budget):
+    # 3 prompts x 4 samples; at most 6 samples per micro-batch. Units of 4 cannot pair up under that cap, so 3
+    # micro-batches, not ceil(12 / 6) = 2, and each keeps its prompt's samples together (its prompt runs once).
+    n = 12
+    samples = SampleShard.build(prompts=[[1, 2], [3, 4, 5], [6]], prompt_index=[i // 4 for i in range(n)],
+                                responses=[[7] * (i + 1) for i in range(n)], logprobs=[[0.0] * (i + 1) for i in range(n)],
+                                loss_mask=[True] * n, minibatch=[0] * n, outcome=[0.0] * n, format_ok=[True] * n)
+    micro = _planner("shared_prefix", budget, 6)._micro_batch_rows(samples)[0]
+    assert sorted(i for m in micro for i in m.tolist()) == list(range(n))
+    assert all(len(m) <= 6 for m in micro)
+    # With a 40-token budget the reason is the tokens as well: the units cost 2 + (1+2+3+4) = 12, 3 + (5+..+8) = 29
+    # and 1 + (9+..+12) = 43 stream tokens, so 12 + 29 = 41 > 40 and the 43-token unit stands alone, as a long
+    # sample does.
+    assert len(micro) == 3 and all(len(set((m // 4).tolist())) == 1 for m in micro)
