@@ -122,12 +122,13 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
         return x[0][:, index].view(x.shape[1], n, w, x.shape[-1]).transpose(0, 1)
 
     q, k, v = rows(query), rows(key), rows(value)
+    if k.shape[1] != q.shape[1]:  # grouped-query attention: SDPA's masked GPU kernels take no enable_gqa
+        k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
     causal = torch.ones((w, w), dtype=torch.bool, device=query.device).tril()
     # A padding query still sees the row's first tokens (never an empty softmax); its output is never used.
     mask = (causal.unsqueeze(0) & layout.valid.unsqueeze(1)).unsqueeze(1)  # [N, 1, W, W]
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout if module.training else 0.0, scale=scaling,
-        enable_gqa=q.shape[1] != k.shape[1])  # [N, H, W, d]
+        q, k, v, attn_mask=mask, dropout_p=dropout if module.training else 0.0, scale=scaling)  # [N, H, W, d]
     out = out.transpose(1, 2).reshape(n * w, out.shape[1], out.shape[-1])  # [N*W, H, d]
     return out[layout.owner].unsqueeze(0), None
 
@@ -153,9 +154,12 @@ def packed_attention_on(model: torch.nn.Module) -> Iterator[None]:
 
 
 def _config_of(model: torch.nn.Module):
-    for candidate in (model, getattr(model, "module", None)):
-        if candidate is not None and hasattr(candidate, "config"):
-            return candidate.config
+    """The transformers config of the model, or of the model a wrapper holds (DeepSpeed's engine has a ``config`` of
+    its own, a dict: the wrapped module's comes first)."""
+    for candidate in (getattr(model, "module", None), model):
+        config = getattr(candidate, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            return config
     raise TypeError(f"packed forward: {type(model).__name__} has no transformers config")
 
 

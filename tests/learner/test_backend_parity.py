@@ -28,9 +28,10 @@ def _batch(vocab: int, step: int):
 
 
 
-def _worker(rank, port, model_dir, backend, stage):
+def _worker(rank, port, model_dir, backend, stage, packing="none"):
     return learner_rank(model_dir, port, rank=rank, world_size=WORLD, backend=backend, max_grad_norm=1.0,
-                        micro_batch_samples=2, kl_coef=0.05, clip_high=0.28,
+                        micro_batch_samples=2, kl_coef=0.05, clip_high=0.28, packing=packing,
+                        max_tokens_per_micro_batch=None if packing == "none" else 16,
                         backend_options={"zero_stage": stage} if backend == "deepspeed" else {})
 
 
@@ -45,12 +46,12 @@ def _step(worker, rank, vocab, step):
     return {k: sum(m[k] for m in gathered) / WORLD for k in metrics}
 
 
-def _rank_main(rank, port, model_dir, backend, stage, out_path, ckpt_dir, resume):
+def _rank_main(rank, port, model_dir, backend, stage, out_path, ckpt_dir, resume, packing="none"):
     torch.set_num_threads(1)
     from transformers import AutoConfig
 
     vocab = AutoConfig.from_pretrained(model_dir).vocab_size
-    worker = _worker(rank, port, model_dir, backend, stage)
+    worker = _worker(rank, port, model_dir, backend, stage, packing)
     steps = {}
     if resume:
         worker.load_checkpoint(str(ckpt_dir))
@@ -66,9 +67,9 @@ def _rank_main(rank, port, model_dir, backend, stage, out_path, ckpt_dir, resume
     worker.shutdown()
 
 
-def _run(model_dir, backend, stage, tmp_path, ckpt_dir=None, resume=False):
-    out = tmp_path / f"{backend}{stage}{'-resumed' if resume else ''}.pt"
-    mp.start_processes(_rank_main, args=(free_port(), model_dir, backend, stage, out, ckpt_dir, resume),
+def _run(model_dir, backend, stage, tmp_path, ckpt_dir=None, resume=False, packing="none"):
+    out = tmp_path / f"{backend}{stage}{packing}{'-resumed' if resume else ''}.pt"
+    mp.start_processes(_rank_main, args=(free_port(), model_dir, backend, stage, out, ckpt_dir, resume, packing),
                        nprocs=WORLD, join=True, start_method="spawn")
     return torch.load(out)
 
@@ -92,3 +93,17 @@ def test_deepspeed_stage_matches_fsdp2_and_resumes_exactly(micro_model_dir, fsdp
     resumed = _run(micro_model_dir, "deepspeed", stage, tmp_path, ckpt_dir=tmp_path / "ckpt", resume=True)
     for key in ("actor/pg_loss", "actor/kl", "actor/grad_norm"):
         assert resumed["steps"][4][key] == pytest.approx(ds["steps"][4][key], rel=1e-6, abs=1e-8), key
+
+
+@pytest.mark.parametrize("backend,stage", [("fsdp2", 0), ("deepspeed", 3)])
+def test_packed_token_budget_training_matches_padded_fsdp2(micro_model_dir, fsdp2_run, backend, stage, tmp_path):
+    """``learner.packing=shared_prefix`` with a 16-token budget (more, smaller micro-batches than the padded run's 2
+    samples each) trains as the padded FSDP2 run does, on FSDP2 and on ZeRO-3 (partitioned parameters gathered by
+    DeepSpeed's hooks around the custom attention call)."""
+    packed = _run(micro_model_dir, backend, stage, tmp_path, packing="shared_prefix")
+    for step in range(1, STEPS + 1):
+        for key in ("actor/pg_loss", "actor/kl", "actor/grad_norm"):
+            assert packed["steps"][step][key] == pytest.approx(fsdp2_run["steps"][step][key], rel=1e-4, abs=1e-6), \
+                (step, key)
+    for name, w in fsdp2_run["weights"].items():
+        torch.testing.assert_close(packed["weights"][name], w, rtol=0, atol=1e-5, msg=name)
