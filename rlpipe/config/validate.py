@@ -201,7 +201,6 @@ def _rollout(cfg: Config) -> list[str]:
 
 def _learner(cfg: Config) -> list[str]:
     from rlpipe.learner.backend import BACKENDS, ZERO_STAGES
-
     from rlpipe.learner.packing import PACKING_MODES
 
     lr = cfg.learner
