@@ -19,9 +19,11 @@ from test_collect import G, _clients, _items
 pytestmark = pytest.mark.component
 
 
-def test_steps_across_an_epoch_boundary_train_distinct_groups_and_the_ledger_lists_each_sample_once(micro_model_dir):
+@pytest.mark.parametrize("learner_preset", ["fsdp2", "deepspeed"])  # each with the default packed micro-batches
+def test_steps_across_an_epoch_boundary_train_distinct_groups_and_the_ledger_lists_each_sample_once(micro_model_dir,
+                                                                                                    learner_preset):
     cfg = load_config(["cluster=local", f"model.path={micro_model_dir}", "data.prompts_per_step=4",
-                       f"rollout.samples_per_prompt={G}", "rollout.max_response_tokens=8"])
+                       f"rollout.samples_per_prompt={G}", "rollout.max_response_tokens=8", f"learner={learner_preset}"])
     learner = build_learner(cfg, str(micro_model_dir), LearnerSpec.of(cfg, str(micro_model_dir)))
     rollout, verifiers = _clients()
     try:
