@@ -88,19 +88,18 @@ def main() -> int:
     lengths = [len(r) for r in responses]
     print(f"{args.size} model, {n} samples, {real_tokens} real tokens; responses: median "
           f"{statistics.median(lengths)}, max {max(lengths)}, {sum(x == max(lengths) for x in lengths)} at the cap")
-    def run(packing: str, budget) -> float:
-        rank.packing, rank.max_tokens_per_micro_batch = packing, budget
+    def run(name: str) -> float:
+        rank.packing, rank.max_tokens_per_micro_batch = LAYOUTS[name]
         start = time.perf_counter()
         rank.prepare(shard)
         micro_batches[name] = len(rank._prepared[0])
         rank.update(torch.tensor(advantages), counts)
         return time.perf_counter() - start
 
-    name = "warm-up"
-    run("shared_prefix", 4096)  # first-call costs (allocator, FSDP lazy init) are not counted
+    run("shared_prefix")  # warm-up: first-call costs (allocator, FSDP lazy init) are not counted
     for _ in range(args.rounds):
-        for name, (packing, budget) in LAYOUTS.items():
-            times[name].append(run(packing, budget))
+        for name in LAYOUTS:
+            times[name].append(run(name))
     rank.shutdown()
     base = statistics.median(times["padded"])
     print(f"\n| layout | micro-batches | s (median of {args.rounds}) | real tokens/s | × padded |")

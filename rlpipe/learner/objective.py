@@ -104,13 +104,13 @@ def _packed_forward(model: torch.nn.Module, batch: TrainBatch, hidden_layers: Se
                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """One forward over the packed stream: the logits that predict each response token, [N*T, V] float (the output
     layer runs only there), and the asked-for layers' hidden states laid out as the padded batch's, [N, P+T, H]."""
-    from rlpipe.learner.packing import LAYOUT_KWARG, mask_placeholder, packed_attention_on
+    from rlpipe.learner.packing import LAYOUT_KWARG, MASK_KWARG, mask_placeholder, packed_attention_on
 
     layout = batch.packed
     with packed_attention_on(model):
         out = model(input_ids=layout.input_ids, attention_mask=mask_placeholder(layout.input_ids.device),
                     position_ids=layout.position_ids, logits_to_keep=layout.predict,
-                    output_hidden_states=bool(hidden_layers), **{LAYOUT_KWARG: layout})
+                    output_hidden_states=bool(hidden_layers), **{LAYOUT_KWARG: layout, MASK_KWARG: layout.row_mask()})
     hidden = {layer: out.hidden_states[layer][0][layout.padded_index] for layer in hidden_layers}
     return out.logits[0].float(), hidden
 

@@ -30,6 +30,7 @@ import torch
 PACKING_MODES = ("none", "sequences", "shared_prefix")
 ATTENTION_NAME = "rlpipe_packed"
 LAYOUT_KWARG = "rlpipe_packed_layout"
+MASK_KWARG = "rlpipe_packed_mask"
 
 
 @dataclass
@@ -61,6 +62,14 @@ class PackedLayout:
 
     def to(self, device: torch.device | str) -> "PackedLayout":
         return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+    def row_mask(self) -> torch.Tensor:
+        """[N, 1, W, W] bool: causal within each row, real keys only. Built once per forward (every layer reads it)
+        and not kept: at long lengths it is the size of one layer's attention scores. A padding query still sees the
+        row's first tokens (never an empty softmax); its output is never used."""
+        w = self.gather.shape[1]
+        causal = torch.ones((w, w), dtype=torch.bool, device=self.valid.device).tril()
+        return (causal.unsqueeze(0) & self.valid.unsqueeze(1)).unsqueeze(1)
 
 
 def pack(prompts: Sequence[Sequence[int]], prompt_of: Sequence[int], responses: Sequence[Sequence[int]],
@@ -110,7 +119,8 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
                      attention_mask: Optional[torch.Tensor], scaling: Optional[float] = None, dropout: float = 0.0,
                      **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature. query [1, H, S, d], key/value [1, H_kv, S, d] (already rotated);
-    returns [1, S, H, d]. The layout comes in the forward call's kwargs (``LAYOUT_KWARG``)."""
+    returns [1, S, H, d]. The layout and its row mask come in the forward call's kwargs (``LAYOUT_KWARG``,
+    ``MASK_KWARG``)."""
     layout: PackedLayout = kwargs[LAYOUT_KWARG]
     for unsupported in ("sliding_window", "softcap"):
         if kwargs.get(unsupported) is not None:
@@ -124,11 +134,9 @@ def packed_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     q, k, v = rows(query), rows(key), rows(value)
     if k.shape[1] != q.shape[1]:  # grouped-query attention: SDPA's masked GPU kernels take no enable_gqa
         k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
-    causal = torch.ones((w, w), dtype=torch.bool, device=query.device).tril()
-    # A padding query still sees the row's first tokens (never an empty softmax); its output is never used.
-    mask = (causal.unsqueeze(0) & layout.valid.unsqueeze(1)).unsqueeze(1)  # [N, 1, W, W]
     out = torch.nn.functional.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, dropout_p=dropout if module.training else 0.0, scale=scaling)  # [N, H, W, d]
+        q, k, v, attn_mask=kwargs[MASK_KWARG], dropout_p=dropout if module.training else 0.0,
+        scale=scaling)  # [N, H, W, d]
     out = out.transpose(1, 2).reshape(n * w, out.shape[1], out.shape[-1])  # [N*W, H, d]
     return out[layout.owner].unsqueeze(0), None
 

@@ -182,11 +182,12 @@ class LearnerRank:
             if self.packing == "none":
                 rows = rows[torch.argsort((prompt_lengths + shard.response_lengths)[rows], stable=True)]
                 units = [rows[i: i + 1] for i in range(len(rows))]
-                cost = padded_cost(prompt_lengths[rows].tolist(), shard.response_lengths[rows].tolist())
+                cost = capped_cost(padded_cost(prompt_lengths[rows].tolist(), shard.response_lengths[rows].tolist()),
+                                   [1] * len(rows), self.micro_batch_samples)
             else:
                 units = self._packing_units(shard, rows)
-                cost = summed_cost([self._unit_tokens(shard, u) for u in units])
-            plans.append((rows, units, capped_cost(cost, [len(u) for u in units], self.micro_batch_samples)))
+                cost = self._packed_cost(shard, units)
+            plans.append((rows, units, cost))
         budget = self.max_tokens_per_micro_batch
         if budget is None and self.packing == "none":  # equal-sized slices of the sorted rows
             return [list(rows.tensor_split(num_micro_batches(len(rows), self.micro_batch_samples)))
@@ -202,8 +203,7 @@ class LearnerRank:
         for (rows, units, cost), k in zip(plans, counts.tolist()):
             if len(units) < k:  # more micro-batches than units: split the largest prompt groups
                 units = self._split_units(shard, units, k)
-                cost = capped_cost(summed_cost([self._unit_tokens(shard, u) for u in units]), [len(u) for u in units],
-                                   self.micro_batch_samples)
+                cost = self._packed_cost(shard, units)
             out.append([torch.cat(units[g.start: g.stop]) for g in split_by_tokens(len(units), cost, int(k))])
         return out
 
@@ -216,6 +216,12 @@ class LearnerRank:
         else:
             units = [rows[i: i + 1] for i in range(len(rows))]
         return sorted(units, key=lambda u: self._unit_tokens(shard, u))
+
+    def _packed_cost(self, shard: SampleShard, units: list[torch.Tensor]):
+        """A micro-batch of packed units costs the sum of their stream tokens, and more than any budget past
+        ``micro_batch_samples`` samples."""
+        return capped_cost(summed_cost([self._unit_tokens(shard, u) for u in units]), [len(u) for u in units],
+                           self.micro_batch_samples)
 
     def _unit_tokens(self, shard: SampleShard, unit: torch.Tensor) -> int:
         """Tokens a unit adds to the packed stream: its prompt once (shared) or per sample, plus its responses."""
