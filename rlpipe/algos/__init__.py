@@ -9,6 +9,7 @@ Modules:
     shaping      — DAPO overlong penalty, zero-variance group filter, truncation mask
     offpolicy    — rollout corrections: truncated / masked importance sampling, AReaL's decoupled PPO
     preference   — DPO, IPO, SimPO, SimPER pair losses (registry ``PREFERENCE_LOSSES``)
+    schedule     — the supervised / preference stages' warm-up + cosine learning rate
 
 Shape letters: N = samples in the flat batch (prompts x samples per prompt), T = response tokens, V = vocabulary.
 """

@@ -221,6 +221,10 @@ class DeepSpeedConfig(Section):
 class LearnerConfig(Section):
     backend: str = _help("fsdp2 | deepspeed (settings under learner.deepspeed).", "fsdp2")
     num_workers: int = _help("Learner ranks: one torch.distributed group (gloo on CPU, NCCL on GPU).", 2)
+    threads_per_rank: int = _help(
+        "torch intra-op threads of each learner rank. 1 on shared cores (more made steps 5-80x slower when ranks and "
+        "engines share them); more when a rank has cores to itself: on 2 cores one rank with 2 threads trains the "
+        "tiny model's SFT 1.3x faster than 2 ranks with 1 (docs/pipelines.md).", 1)
     lr: float = _help("AdamW learning rate.", 1e-4)
     weight_decay: float = _help("AdamW weight decay.", 0.0)
     betas: list[float] = _help("AdamW betas.", default_factory=lambda: [0.9, 0.999])
@@ -326,6 +330,32 @@ class EvalConfig(Section):
 
 
 @dataclass
+class SFTConfig(Section):
+    train_file: Optional[str] = _help(
+        "`rlpipe sft`'s data: .jsonl(.gz), .json, .parquet or a saved Hugging Face dataset, rows in TRL's formats, "
+        "told apart per row: messages (every assistant turn trained) | prompt + completion (plain or conversational; "
+        "the completion trained) | text. Empty: teacher traces of the arithmetic task (the default job's warm-start "
+        "data), written to <output_dir>/teacher_traces.jsonl.", None)
+    heldout_file: Optional[str] = _help("Rows for the held-out loss, same formats; default: sft.heldout_rows rows "
+                                        "split off the training data.", None)
+    heldout_rows: int = _help("Held-out rows split off the training data when sft.heldout_file is empty.", 256)
+    teacher_rows: int = _help("Teacher traces written when sft.train_file is empty (1,500 steps x 32 rows: every "
+                              "row is seen once).", 48000)
+    rows_per_step: int = _help("Rows (sequences) per optimizer step, global (TRL: per-device batch x devices x "
+                               "gradient accumulation).", 32)
+    total_steps: int = _help("Optimizer steps; the data is reshuffled every epoch.", 1500)
+    lr: float = _help("Peak AdamW learning rate (3e-3 suits the tiny model; real checkpoints want ~1e-5).", 3e-3)
+    warmup_ratio: float = _help("Linear warm-up over this fraction of sft.total_steps, then cosine decay.", 0.05)
+    min_lr_ratio: float = _help("The cosine decays to this fraction of sft.lr.", 0.1)
+    max_seq_tokens: int = _help("Rows longer than this (prompt + completion tokens) are truncated (counted).", 1024)
+    eval_every_steps: int = _help("Held-out loss (and accuracy, with sft.eval_accuracy) every this many steps, and "
+                                  "before and after training.", 250)
+    eval_accuracy: bool = _help("Also greedy held-out accuracy on the data section's held-out problems (data.task, "
+                                "data.file / data.heldout_file: rows with gold answers) through the rollout engines "
+                                "and verifiers.", True)
+
+
+@dataclass
 class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -338,6 +368,7 @@ class Config(Section):
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     prepass: PrepassConfig = field(default_factory=PrepassConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
 
 def register_configs() -> None:

@@ -43,7 +43,7 @@ def _existing(field: str, path, *, directory: bool = False) -> list[str]:
 
 def validate(cfg: Config) -> None:
     errors = (_model(cfg) + _data(cfg) + _algorithm(cfg) + _rollout(cfg) + _learner(cfg) + _verifier(cfg)
-              + _cluster(cfg) + _logger(cfg) + _trainer(cfg) + _evaluation(cfg))
+              + _cluster(cfg) + _logger(cfg) + _trainer(cfg) + _evaluation(cfg) + _sft(cfg))
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
@@ -209,6 +209,7 @@ def _learner(cfg: Config) -> list[str]:
     if lr.deepspeed.offload_optimizer and lr.backend != "deepspeed":
         errors.append("learner.deepspeed.offload_optimizer needs learner.backend=deepspeed")
     errors += _at_least("learner.num_workers", lr.num_workers, 1)
+    errors += _at_least("learner.threads_per_rank", lr.threads_per_rank, 1)
     errors += _at_least("learner.lr", lr.lr, 0, strict=True)
     errors += _at_least("learner.weight_decay", lr.weight_decay, 0)
     if len(lr.betas) != 2 or not all(0 <= b < 1 for b in lr.betas):
@@ -302,4 +303,19 @@ def _evaluation(cfg: Config) -> list[str]:
     for field, values in (("eval.pass_k", e.pass_k), ("eval.maj_k", e.maj_k), ("eval.best_of", e.best_of),
                           ("eval.budgets", e.budgets)):
         errors += [f"{field} values must be >= 1 (got {v})" for v in values if v < 1]
+    return errors
+
+
+def _sft(cfg: Config) -> list[str]:
+    f = cfg.sft
+    errors = _existing("sft.train_file", f.train_file) + _existing("sft.heldout_file", f.heldout_file)
+    errors += _at_least("sft.heldout_rows", f.heldout_rows, 0)
+    errors += _at_least("sft.teacher_rows", f.teacher_rows, 1)
+    errors += _at_least("sft.rows_per_step", f.rows_per_step, 1)
+    errors += _at_least("sft.total_steps", f.total_steps, 1)
+    errors += _at_least("sft.lr", f.lr, 0, strict=True)
+    errors += _in_range("sft.warmup_ratio", f.warmup_ratio, 0, 1)
+    errors += _in_range("sft.min_lr_ratio", f.min_lr_ratio, 0, 1)
+    errors += _at_least("sft.max_seq_tokens", f.max_seq_tokens, 2)
+    errors += _at_least("sft.eval_every_steps", f.eval_every_steps, 1)
     return errors

@@ -18,6 +18,7 @@ from rlpipe.verify.types import Verdict
 
 if TYPE_CHECKING:
     from rlpipe.driver.collect import Rollouts
+    from rlpipe.tasks.conversations import SupervisedExample
 
 log = logging.getLogger(__name__)
 
@@ -271,10 +272,21 @@ class LearnerClient:
         for rows in self._plan:
             index = torch.tensor([i for i, _ in rows])
             per_rank.append((torch.where(index >= 0, advantages[index.clamp(min=0)], 0.0), self._counts))
-        results = self.group.call("update", per_rank)
-        # Ranks report shares of global means (averaged here) and local maxima ("*_max", the maximum here).
-        return {k: max(r[k] for r in results) if k.endswith("_max") else sum(r[k] for r in results) / len(results)
-                for k in results[0]}
+        return _combine(self.group.call("update", per_rank))
+
+    def supervised_update(self, examples: Sequence["SupervisedExample"], lr: float) -> dict[str, float]:
+        """One SFT optimizer step on ``examples`` (the global batch, dealt over the ranks by tokens) at ``lr``."""
+        counts = GlobalCounts(num_tokens=max(1, sum(e.loss_tokens for e in examples)),
+                              num_seqs=max(1, len(examples)), dp_size=self.dp_size)
+        plan = shard_plan([e.num_tokens for e in examples], 1, self.dp_size)
+        return _combine(self.group.call("supervised_update",
+                                        [(_supervised_shard(examples, rows), counts, lr) for rows in plan]))
+
+    def supervised_loss(self, examples: Sequence["SupervisedExample"]) -> float:
+        """The token-mean next-token loss of ``examples``' trained tokens under the current weights."""
+        plan = shard_plan([e.num_tokens for e in examples], 1, self.dp_size)
+        results = self.group.call("supervised_loss", [(_supervised_shard(examples, rows),) for rows in plan])
+        return sum(r["nll_sum"] for r in results) / max(1.0, sum(r["tokens"] for r in results))
 
     def export_weights(self) -> Any:
         """Gather full weights (collective over ranks); returns rank 0's handle (a Ray ObjectRef in Ray mode)."""
@@ -318,3 +330,17 @@ def _shard(rollouts: "Rollouts", loss_mask: torch.Tensor, rows: Sequence[tuple[i
         outcome=[float(rollouts.correct[i]) for i, _, _ in samples],
         format_ok=[not bool(rollouts.parse_failed[i]) for i, _, _ in samples],
     )
+
+
+def _combine(results: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Ranks report shares of global means (averaged here) and local maxima ("*_max", the maximum here)."""
+    return {k: max(r[k] for r in results) if k.endswith("_max") else sum(r[k] for r in results) / len(results)
+            for k in results[0]}
+
+
+def _supervised_shard(examples: Sequence["SupervisedExample"], rows: Sequence[tuple[int, int]]) -> SampleShard:
+    """One rank's supervised examples; padding rows (-1) repeat its last real one, with no loss."""
+    filler = next((i for i, _ in reversed(rows) if i >= 0), 0)
+    chosen = [examples[i if i >= 0 else filler] for i, _ in rows]
+    return SampleShard.supervised([e.prompt_ids for e in chosen], [e.response_ids for e in chosen],
+                                  [e.response_mask for e in chosen], [i >= 0 for i, _ in rows])

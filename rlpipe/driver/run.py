@@ -164,14 +164,7 @@ def save(checkpoints: CheckpointManager, step: int, trainer: Trainer, run_hash: 
 
 def restore(path: Path, trainer: Trainer, run_hash: str) -> int:
     """Load a checkpoint into the running roles; returns its step. Rollout engines get the restored weights."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    if manifest["config_hash"] != run_hash:
-        raise ResumeError(f"{path} was written by a run with different settings (config hash "
-                          f"{manifest['config_hash']} != {run_hash}); resume with the same config or "
-                          f"trainer.resume=never")
-    if manifest["world_size"] != trainer.learner.dp_size:
-        raise ResumeError(f"{path} was written by {manifest['world_size']} learner ranks, this run has "
-                          f"{trainer.learner.dp_size}")
+    check_manifest(path, run_hash, trainer.learner.dp_size)
     trainer.learner.load_checkpoint(str(path / "learner"))
     state = torch.load(path / "driver.pt", weights_only=False)
     trainer.prompts.load_state_dict(state["prompts"])
@@ -182,6 +175,18 @@ def restore(path: Path, trainer: Trainer, run_hash: str) -> int:
     trainer.rollout.load_weights(trainer.learner.export_weights(), version=state["policy_version"])
     log.info("resumed from %s (step %d)", path, state["step"])
     return state["step"]
+
+
+def check_manifest(path: Path, run_hash: str, world_size: int) -> None:
+    """A checkpoint resumes only the run that wrote it: the same settings and the same number of learner ranks."""
+    manifest = json.loads((path / "manifest.json").read_text())
+    if manifest["config_hash"] != run_hash:
+        raise ResumeError(f"{path} was written by a run with different settings (config hash "
+                          f"{manifest['config_hash']} != {run_hash}); resume with the same config or "
+                          f"trainer.resume=never")
+    if manifest["world_size"] != world_size:
+        raise ResumeError(f"{path} was written by {manifest['world_size']} learner ranks, this run has "
+                          f"{world_size}")
 
 
 def truncate_rows(path: Path, last_step: int) -> None:

@@ -143,6 +143,7 @@ def build_learner(cfg: Config, model_path: str, spec: LearnerSpec, wait: bool = 
         micro_batch_samples=cfg.learner.micro_batch_samples,
         max_tokens_per_micro_batch=cfg.learner.max_tokens_per_micro_batch,
         packing=cfg.learner.packing,
+        threads=cfg.learner.threads_per_rank,
         with_reference=spec.with_reference,
         old_logprobs=cfg.algorithm.old_logprobs,
         correction=build.correction_settings(cfg),

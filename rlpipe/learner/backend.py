@@ -19,6 +19,10 @@ class TrainingBackend(Protocol):
         """Clip gradients, apply the optimizer, zero the gradients; returns the global gradient norm."""
         ...
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next optimizer steps (a stage's schedule; RL keeps the constructor's)."""
+        ...
+
     def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
         """Collective: gathers full (unsharded) CPU weights; rank 0 gets them, other ranks get None."""
         ...

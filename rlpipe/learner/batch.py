@@ -231,6 +231,9 @@ class SampleShard:
     minibatch: torch.Tensor  # [n] int32: the optimizer step (mini-batch) the sample is trained in
     outcome: torch.Tensor  # [n] float: 1 correct, 0 not
     format_ok: torch.Tensor  # [n] bool
+    # [Σ response lengths] bool: which response tokens get a loss (None: all). Supervised conversations mask the
+    # user and tool turns between assistant turns.
+    token_mask: Optional[torch.Tensor] = None
 
     @staticmethod
     def build(prompts: Sequence[Sequence[int]], prompt_index: Sequence[int], responses: Sequence[Sequence[int]],
@@ -243,6 +246,16 @@ class SampleShard:
                            response_lengths, rollout_logprobs, torch.tensor(loss_mask, dtype=torch.bool),
                            torch.tensor(minibatch, dtype=torch.int32), torch.tensor(outcome, dtype=torch.float32),
                            torch.tensor(format_ok, dtype=torch.bool))
+
+    @staticmethod
+    def supervised(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
+                   token_masks: Sequence[Sequence[bool]], loss_mask: Sequence[bool]) -> "SampleShard":
+        """Supervised examples (each its own prompt, one mini-batch) in the layout of rollout samples."""
+        n = len(responses)
+        shard = SampleShard.build(prompts, list(range(n)), responses, [[0.0] * len(r) for r in responses], loss_mask,
+                                  [0] * n, [0.0] * n, [True] * n)
+        shard.token_mask = torch.tensor([bool(x) for m in token_masks for x in m], dtype=torch.bool)
+        return shard
 
     @property
     def num_samples(self) -> int:
@@ -268,6 +281,10 @@ class SampleShard:
             batch.packed = pack(prompts, prompt_of, response_rows, share_prefix=packing == "shared_prefix")
         index = torch.tensor(rows, dtype=torch.long)
         batch.response_mask &= self.loss_mask[index].unsqueeze(1)
+        if self.token_mask is not None:
+            masks = self.token_mask.split(self.response_lengths.tolist())
+            for k, i in enumerate(rows):
+                batch.response_mask[k, : len(masks[i])] &= masks[i]
         batch.outcome = self.outcome[index]
         batch.format_ok = self.format_ok[index]
         return batch

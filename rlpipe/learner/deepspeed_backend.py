@@ -85,6 +85,10 @@ class DeepSpeedBackend:
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
+    def set_lr(self, lr: float) -> None:
+        for group in self._base_optimizer().param_groups:  # ZeRO steps the base optimizer on its fp32 partition
+            group["lr"] = lr
+
     def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
         """Collective. ZeRO-1/2 keep full parameters on every rank; ZeRO-3 gathers them (all ranks take part)."""
         import deepspeed

@@ -59,6 +59,10 @@ class FSDP2Backend:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def full_state_dict(self) -> Optional[dict[str, torch.Tensor]]:
         state = get_model_state_dict(self.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         return state if dist.get_rank() == 0 else None

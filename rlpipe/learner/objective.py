@@ -173,3 +173,17 @@ def policy_objective(
         log_ratio = (logprobs.detach() - batch.old_logprobs) * mask
         metrics["actor/ratio_mean"] = _token_weighted_mean(log_ratio.exp(), mask, counts)
     return loss, metrics
+
+
+def supervised_objective(logprobs: torch.Tensor, batch: TrainBatch, counts: GlobalCounts,
+                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Next-token negative log-likelihood of one micro-batch's masked response tokens (SFT), normalised like the
+    policy loss: Σ_{local i,t} −log π(y_it | y_<it) / global tokens × dp size, so micro-batches and ranks sum to the
+    whole mini-batch's token mean (the loss Hugging Face models return for ``labels``, over the global batch).
+
+    Args:
+        logprobs: [N, T] with grad, the targets' logprobs at temperature 1. batch.response_mask: [N, T].
+    """
+    loss = aggregate_loss(-logprobs, batch.response_mask, mode="token_mean", num_global_tokens=counts.num_tokens,
+                          num_global_seqs=counts.num_seqs, dp_size=counts.dp_size)
+    return loss, {"sft/loss": loss.detach()}

@@ -23,7 +23,8 @@ from rlpipe.learner.batch import (SampleShard, TrainBatch, capped_cost, count_to
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
 from rlpipe.learner.packing import PACKING_MODES
-from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
+from rlpipe.learner.objective import (GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective,
+                                      supervised_objective)
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,11 @@ class LearnerRank:
         heads: Sequence[tuple[str, Any]] = (),
         max_tokens_per_micro_batch: Optional[int] = None,
         packing: str = "none",
+        threads: int = 1,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.set_num_threads(threads)
 
         self.rank, self.world_size = rank, world_size
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
@@ -333,6 +337,35 @@ class LearnerRank:
         totals["offpolicy/mismatch_k3"] = mismatch
         totals["perf/learner_peak_mem_gib"] = self.peak_memory_gib()
         return totals
+
+    def supervised_update(self, shard: SampleShard, counts: GlobalCounts, lr: float) -> dict[str, float]:
+        """One optimizer step at learning rate ``lr`` on the next-token loss of ``shard``'s masked response tokens
+        (SFT: one mini-batch; ``counts`` over every rank). The same micro-batches, packing and token budget as RL."""
+        module = self.backend.module
+        module.train()
+        self.backend.set_lr(lr)
+        [micro_rows] = self._micro_batch_rows(shard)
+        totals: dict[str, float] = {}
+        for i, rows in enumerate(micro_rows):
+            micro = shard.to_train_batch(rows.tolist(), self.pad_id, self.packing).to(self.device)
+            loss, metrics = supervised_objective(forward_logprobs(module, micro, 1.0).logprobs, micro, counts)
+            self.backend.backward(loss, is_last_micro_batch=i == len(micro_rows) - 1)
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        totals["actor/grad_norm"] = self.backend.step()
+        return totals
+
+    @torch.no_grad()
+    def supervised_loss(self, shard: SampleShard) -> dict[str, float]:
+        """The summed next-token loss of ``shard``'s masked tokens and their count (a held-out loss; no update)."""
+        self.backend.module.eval()
+        nll, tokens = 0.0, 0
+        for rows in self._micro_batch_rows(shard)[0]:
+            micro = shard.to_train_batch(rows.tolist(), self.pad_id, self.packing).to(self.device)
+            logprobs = forward_logprobs(self.backend.module, micro, 1.0).logprobs
+            nll -= float((logprobs * micro.response_mask).sum())
+            tokens += int(micro.response_mask.sum())
+        return {"nll_sum": nll, "tokens": float(tokens)}
 
     def peak_memory_gib(self) -> float:
         """Peak device memory on GPU; on CPU the process's peak resident set (weights, optimizer, activations)."""

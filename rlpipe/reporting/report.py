@@ -76,6 +76,8 @@ def format_summary(summary: dict[str, Any], run_dir: Path) -> str:
         f"  held-out accuracy (greedy): {pct(summary['eval_accuracy_initial'])} -> {pct(summary['eval_accuracy_final'])}"
         f"  (best {pct(summary['eval_accuracy_best'])})",
     ]
+    if summary.get("heldout_loss_initial") is not None:
+        lines.append(f"  held-out loss: {summary['heldout_loss_initial']:.4f} -> {summary['heldout_loss_final']:.4f}")
     if summary.get("reward_mean_first") is not None:
         lines.append(f"  training reward: {summary['reward_mean_first']:.3f} -> {summary['reward_mean_last']:.3f}")
     phases = summary.get("phase_seconds", {})

@@ -42,10 +42,12 @@ def _json_number(v: Any) -> Any:
 class ConsoleSink:
     """A short line per logged step with the headline numbers (the progress bar carries the rest)."""
 
-    KEYS = ("rollout/reward_mean", "eval/accuracy", "actor/pg_loss", "actor/kl", "rollout/response_len")
+    KEYS = ("rollout/reward_mean", "eval/accuracy", "actor/pg_loss", "actor/kl", "rollout/response_len",
+            "sft/loss", "eval/loss")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        parts = [f"{k.split('/')[-1]}={metrics[k]:.4g}" for k in self.KEYS if k in metrics]
+        parts = [f"{k.replace('eval/loss', 'heldout_loss').split('/')[-1]}={metrics[k]:.4g}" for k in self.KEYS
+                 if k in metrics]
         seconds = metrics.get("timing/step", sum(v for k, v in metrics.items() if k.startswith("timing/")))
         log.info("step %d: %s  (%.1fs)", step, "  ".join(parts), seconds)
 

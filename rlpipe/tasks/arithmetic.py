@@ -136,3 +136,27 @@ class TrainStream:
         if state["seed"] != self.seed:
             raise ValueError(f"prompt stream state is for seed {state['seed']}, this run uses seed {self.seed}")
         self.index = state["index"]
+
+
+def teacher_traces(n: int, seed: int, slip_rate: float, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """``n`` supervised rows in TRL's ``messages`` format: the teacher (``teacher_solution``) on fresh problems, none
+    of whose questions is in ``exclude``. Problems and slips come from one ``random.Random(seed)`` in the order the
+    default job's warm-start draws them. Each row keeps its gold ``answer``."""
+    rng, excluded, rows = random.Random(seed), set(exclude), []
+    while len(rows) < n:
+        p = make_problem(rng, f"teacher-{seed}-{len(rows)}")
+        if p.question not in excluded:
+            rows.append(teacher_row(p, slip_rate, rng))
+    return rows
+
+
+def teacher_row(problem: Problem, slip_rate: float, rng: random.Random) -> dict[str, Any]:
+    """One supervised row (TRL's ``messages`` format, with the gold ``answer``): the teacher solving ``problem``."""
+    return {"id": problem.uid, "answer": str(problem.answer),
+            "messages": to_messages(problem) + [{"role": "assistant",
+                                                 "content": teacher_solution(problem, slip_rate, rng)}]}
+
+
+def teacher_rows_for(problems: Iterable[Problem], slip_rate: float, seed: int) -> list[dict[str, Any]]:
+    """The teacher on given problems (e.g. the held-out set, for a held-out loss), each with its own seeded slips."""
+    return [teacher_row(p, slip_rate, _rng("teacher", seed, p.uid)) for p in problems]

@@ -250,12 +250,7 @@ def load_examples(
             continue
         examples.append(Example(uid, prompt, gold))
     report.kept = len(examples)
-    if bad and quarantine is not None:
-        q = Path(quarantine)
-        q.parent.mkdir(parents=True, exist_ok=True)
-        with open(q, "a", encoding="utf-8") as out:
-            for b in bad:
-                out.write(json.dumps(b, default=str) + "\n")
+    write_quarantine(bad, quarantine)
     if report.skipped:
         log.warning("data %s (quarantined to %s)", report.summary(), quarantine)
     else:
@@ -263,3 +258,14 @@ def load_examples(
     if not examples:
         raise DataError(f"no usable rows: {report.summary()}")
     return examples, report
+
+
+def write_quarantine(bad: list[dict[str, Any]], quarantine: Optional[str | Path]) -> None:
+    """Append skipped rows (row number, reason, message, the row itself) to the quarantine file."""
+    if not bad or quarantine is None:
+        return
+    q = Path(quarantine)
+    q.parent.mkdir(parents=True, exist_ok=True)
+    with open(q, "a", encoding="utf-8") as out:
+        for b in bad:
+            out.write(json.dumps(b, default=str) + "\n")

@@ -1,0 +1,199 @@
+"""Supervised rows from data files, in the formats TRL and the Hugging Face hub use, as token ids with a loss mask.
+
+Formats, told apart by a row's fields (TRL's names):
+
+- ``messages``: a conversation, ``[{"role": ..., "content": ...}, ...]``; every assistant turn gets a loss.
+- ``prompt`` + ``completion``: plain strings (the completion is followed by the end-of-sequence token) or
+  conversational (lists of messages, the completion's assistant turns get a loss).
+- ``text``: plain text; every token after the first gets a loss (the first has nothing to predict it).
+
+A row becomes a ``SupervisedExample``: ``prompt_ids`` (never a loss) and ``response_ids`` with a per-token
+``response_mask`` (False on the user / tool turns between assistant turns). The learner lays it out like a rollout
+sample, so SFT runs on the same micro-batches, packing and token budgets as RL.
+
+An assistant turn's tokens are found by rendering the chat template incrementally: turn i spans the tokens between
+``render(messages[:i], add_generation_prompt=True)`` and ``render(messages[:i+1])``. That needs a template whose
+render of a conversation's beginning is a prefix of the whole conversation's; a template that rewrites earlier turns
+(some drop past reasoning) fails with a ``BadRow`` naming the turn, never a silently wrong mask. The span ends at the
+end-of-sequence token if the turn holds one: the tokens after it (a template's newline) are never generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from rlpipe.tasks.datasets import BadRow, DataError, LoadReport, ON_BAD_ROW, read_rows, write_quarantine
+
+log = logging.getLogger(__name__)
+ROLES = ("system", "user", "assistant", "tool")
+
+
+@dataclass(frozen=True)
+class SupervisedExample:
+    uid: str
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_mask: list[bool]  # [len(response_ids)]: True = the token gets a loss
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.response_ids)
+
+    @property
+    def loss_tokens(self) -> int:
+        return sum(self.response_mask)
+
+
+def row_format(row: dict[str, Any]) -> str:
+    """``messages`` | ``prompt_completion`` | ``text``, from the row's fields; a BadRow if none fits."""
+    if "messages" in row:
+        return "messages"
+    if "prompt" in row and "completion" in row:
+        return "prompt_completion"
+    if "text" in row:
+        return "text"
+    raise BadRow("unknown_format", f"no 'messages', 'prompt'+'completion' or 'text' field (fields: "
+                                   f"{', '.join(sorted(row))[:200]})")
+
+
+def _messages(value: Any, name: str) -> list[dict[str, str]]:
+    if not isinstance(value, list) or not value:
+        raise BadRow("bad_messages", f"'{name}' must be a non-empty list of messages")
+    for k, m in enumerate(value):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise BadRow("bad_messages", f"'{name}'[{k}] must be {{role: {'|'.join(ROLES)}, content: str}}")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
+
+
+class ChatEncoder:
+    """Token ids of rows through one tokenizer and its chat template (the one the rollout engines use)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos_id = tokenizer.eos_token_id
+
+    def ids(self, text: str, special: bool = False) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
+
+    def render(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+        return self.ids(self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
+                                                           tokenize=False))
+
+    def encode(self, row: dict[str, Any], uid: str) -> SupervisedExample:
+        fmt = row_format(row)
+        if fmt == "messages":
+            return self._conversation(uid, _messages(row["messages"], "messages"), trained_from=0)
+        if fmt == "text":
+            if not isinstance(row["text"], str) or not row["text"].strip():
+                raise BadRow("empty_text", "'text' is empty or not a string")
+            ids = self.ids(row["text"], special=True) + [self.eos_id]
+            return SupervisedExample(uid, ids[:1], ids[1:], [True] * (len(ids) - 1))
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            if not completion.strip():
+                raise BadRow("empty_completion", "'completion' is empty")
+            response = self.ids(completion) + [self.eos_id]
+            return SupervisedExample(uid, self.ids(prompt, special=True), response, [True] * len(response))
+        if isinstance(prompt, list) and isinstance(completion, list):
+            head = _messages(prompt, "prompt")
+            return self._conversation(uid, head + _messages(completion, "completion"), trained_from=len(head))
+        raise BadRow("bad_prompt_completion", "'prompt' and 'completion' must both be strings or both be lists of "
+                                              "messages")
+
+    def _conversation(self, uid: str, messages: list[dict[str, str]], trained_from: int) -> SupervisedExample:
+        """Assistant turns at index >= ``trained_from`` get a loss (see the module docstring)."""
+        full = self.render(messages, generation_prompt=False)
+        mask = [False] * len(full)
+        first, end = None, 0
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant" or i < trained_from:
+                continue
+            before = self.render(messages[:i], generation_prompt=True) if i else []
+            upto = self.render(messages[: i + 1], generation_prompt=False)
+            if full[: len(upto)] != upto or upto[: len(before)] != before:
+                raise BadRow("template_not_prefix", f"the chat template renders turn {i} differently inside the "
+                                                    f"whole conversation: its assistant tokens cannot be found")
+            start, stop = len(before), len(upto)
+            if self.eos_id in upto[start:]:
+                stop = start + upto[start:].index(self.eos_id) + 1
+            if stop <= start:
+                raise BadRow("empty_assistant_turn", f"assistant turn {i} has no tokens")
+            mask[start:stop] = [True] * (stop - start)
+            first = start if first is None else first
+            end = stop
+        if first is None:
+            raise BadRow("no_assistant_turn", "no assistant turn to train on")
+        return SupervisedExample(uid, full[:first], full[first:end], mask[first:end])
+
+
+def load_supervised(path: str | Path, tokenizer, *, max_tokens: int, on_bad_row: str = "error",
+                    quarantine: Optional[str | Path] = None, split: Optional[str] = None,
+                    ) -> tuple[list[SupervisedExample], LoadReport]:
+    """Every usable row of ``path`` (any mix of the three formats) as a SupervisedExample.
+
+    A row longer than ``max_tokens`` keeps its first ``max_tokens`` tokens (TRL's ``max_length`` truncation), counted
+    in the report as ``truncated``; a row whose prompt alone fills ``max_tokens`` has nothing left to train and is a
+    bad row (``too_long``).
+    """
+    if on_bad_row not in ON_BAD_ROW:
+        raise DataError(f"data.on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
+    encoder = ChatEncoder(tokenizer)
+    report = LoadReport(str(path))
+    examples, bad, truncated = [], [], 0
+    stem = Path(path).name.split(".")[0]
+    seen: set[str] = set()
+    for n, row in read_rows(path, split):
+        report.rows += 1
+        try:
+            if isinstance(row, BadRow):
+                raise row
+            if not isinstance(row, dict):
+                raise BadRow("not_an_object", f"row {n} is a {type(row).__name__}, not an object")
+            uid = str(row.get("id", f"{stem}:{n}"))
+            uid = uid if uid not in seen else f"{stem}:{n}"  # unique: a step never holds one row twice by uid
+            example = encoder.encode(row, uid)
+            if len(example.prompt_ids) >= max_tokens:
+                raise BadRow("too_long", f"the prompt alone has {len(example.prompt_ids)} tokens >= "
+                                         f"sft.max_seq_tokens={max_tokens}")
+            if example.num_tokens > max_tokens:
+                keep = max_tokens - len(example.prompt_ids)
+                example = SupervisedExample(example.uid, example.prompt_ids, example.response_ids[:keep],
+                                            example.response_mask[:keep])
+                truncated += 1
+            if not example.loss_tokens:
+                raise BadRow("too_long", f"no trained token is left within sft.max_seq_tokens={max_tokens}")
+        except BadRow as e:
+            if on_bad_row == "error":
+                raise DataError(f"{path}, row {n}: {e} (data.on_bad_row=skip skips such rows and counts them)") from None
+            report.skipped[e.reason] += 1
+            bad.append({"row": n, "reason": e.reason, "message": str(e),
+                        "data": row if isinstance(row, dict) else repr(row)[:500]})
+            continue
+        seen.add(example.uid)
+        examples.append(example)
+    report.kept = len(examples)
+    write_quarantine(bad, quarantine)
+    if truncated:
+        log.warning("data %s: %d rows truncated to sft.max_seq_tokens=%d", path, truncated, max_tokens)
+    if report.skipped:
+        log.warning("data %s (quarantined to %s)", report.summary(), quarantine)
+    else:
+        log.info("data %s", report.summary())
+    if not examples:
+        raise DataError(f"no usable rows: {report.summary()}")
+    return examples, report
+
+
+def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """A jsonl file of rows (teacher traces, built preference pairs), written whole or not at all."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    tmp.replace(p)
