@@ -87,3 +87,18 @@ def simper_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> tuple[torch.Ten
     rewards in the metrics are the inverse perplexities, in (0, 1]."""
     chosen_ipp, rejected_ipp = chosen.exp(), rejected.exp()
     return rejected_ipp - chosen_ipp, _margin_metrics(chosen_ipp, rejected_ipp)
+
+
+def preference_loss(name: str, chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor | None = None,
+                    ref_rejected: torch.Tensor | None = None, *, beta: float = 0.1, label_smoothing: float = 0.0,
+                    gamma: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Any registered loss by name, given what each takes: reference log-probs [B] for DPO and IPO (None for the
+    reference-free SimPO and SimPER), β for all but SimPER, label smoothing for DPO, SimPO's margin γ."""
+    fn = PREFERENCE_LOSSES.get(name)
+    if not REFERENCE_FREE[name]:
+        if ref_chosen is None or ref_rejected is None:
+            raise ValueError(f"{name} needs the reference's log-probabilities")
+        return fn(chosen, rejected, ref_chosen, ref_rejected, beta=beta, label_smoothing=label_smoothing)
+    if name == "simpo":
+        return fn(chosen, rejected, beta=beta, gamma=gamma)
+    return fn(chosen, rejected)

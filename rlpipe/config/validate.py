@@ -43,7 +43,7 @@ def _existing(field: str, path, *, directory: bool = False) -> list[str]:
 
 def validate(cfg: Config) -> None:
     errors = (_model(cfg) + _data(cfg) + _algorithm(cfg) + _rollout(cfg) + _learner(cfg) + _verifier(cfg)
-              + _cluster(cfg) + _logger(cfg) + _trainer(cfg) + _evaluation(cfg) + _sft(cfg))
+              + _cluster(cfg) + _logger(cfg) + _trainer(cfg) + _evaluation(cfg) + _stages(cfg))
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 
@@ -306,16 +306,30 @@ def _evaluation(cfg: Config) -> list[str]:
     return errors
 
 
-def _sft(cfg: Config) -> list[str]:
-    f = cfg.sft
-    errors = _existing("sft.train_file", f.train_file) + _existing("sft.heldout_file", f.heldout_file)
-    errors += _at_least("sft.heldout_rows", f.heldout_rows, 0)
-    errors += _at_least("sft.teacher_rows", f.teacher_rows, 1)
-    errors += _at_least("sft.rows_per_step", f.rows_per_step, 1)
-    errors += _at_least("sft.total_steps", f.total_steps, 1)
-    errors += _at_least("sft.lr", f.lr, 0, strict=True)
-    errors += _in_range("sft.warmup_ratio", f.warmup_ratio, 0, 1)
-    errors += _in_range("sft.min_lr_ratio", f.min_lr_ratio, 0, 1)
-    errors += _at_least("sft.max_seq_tokens", f.max_seq_tokens, 2)
-    errors += _at_least("sft.eval_every_steps", f.eval_every_steps, 1)
+def _stages(cfg: Config) -> list[str]:
+    from rlpipe.algos.preference import PREFERENCE_LOSSES
+    from rlpipe.tasks.preference_pairs import REJECTION_RULES
+
+    errors: list[str] = []
+    for name, f in (("sft", cfg.sft), ("prefer", cfg.prefer)):
+        errors += _existing(f"{name}.train_file", f.train_file) + _existing(f"{name}.heldout_file", f.heldout_file)
+        errors += _at_least(f"{name}.heldout_rows", f.heldout_rows, 0)
+        errors += _at_least(f"{name}.total_steps", f.total_steps, 1)
+        errors += _at_least(f"{name}.lr", f.lr, 0, strict=True)
+        errors += _in_range(f"{name}.warmup_ratio", f.warmup_ratio, 0, 1)
+        errors += _in_range(f"{name}.min_lr_ratio", f.min_lr_ratio, 0, 1)
+        errors += _at_least(f"{name}.max_seq_tokens", f.max_seq_tokens, 2)
+        errors += _at_least(f"{name}.eval_every_steps", f.eval_every_steps, 1)
+    s, p = cfg.sft, cfg.prefer
+    errors += _at_least("sft.teacher_rows", s.teacher_rows, 1) + _at_least("sft.rows_per_step", s.rows_per_step, 1)
+    errors += _choice("prefer.loss", p.loss, PREFERENCE_LOSSES.names())
+    errors += _choice("prefer.rejected", p.rejected, REJECTION_RULES)
+    errors += _at_least("prefer.beta", p.beta, 0, strict=True)
+    errors += _in_range("prefer.label_smoothing", p.label_smoothing, 0, 0.5, high_open=True)
+    if p.label_smoothing and p.loss != "dpo":
+        errors.append(f"prefer.label_smoothing is DPO's; prefer.loss={p.loss} takes none")
+    errors += _at_least("prefer.pairs_per_step", p.pairs_per_step, 1)
+    errors += _at_least("prefer.prompts_per_step", p.prompts_per_step, 1)
+    errors += _at_least("prefer.samples_per_prompt", p.samples_per_prompt, 2)
+    errors += _at_least("prefer.min_length_ratio", p.min_length_ratio, 1)
     return errors

@@ -18,7 +18,9 @@ from rlpipe.verify.types import Verdict
 
 if TYPE_CHECKING:
     from rlpipe.driver.collect import Rollouts
+    from rlpipe.learner.stages import PreferenceSettings
     from rlpipe.tasks.conversations import SupervisedExample
+    from rlpipe.tasks.preference_pairs import PreferencePair
 
 log = logging.getLogger(__name__)
 
@@ -288,6 +290,20 @@ class LearnerClient:
         results = self.group.call("supervised_loss", [(_supervised_shard(examples, rows),) for rows in plan])
         return sum(r["nll_sum"] for r in results) / max(1.0, sum(r["tokens"] for r in results))
 
+    def preference_update(self, pairs: Sequence["PreferencePair"], lr: float,
+                          settings: "PreferenceSettings") -> dict[str, float]:
+        """One preference-optimisation step on ``pairs`` (the global batch; whole pairs dealt over the ranks by
+        tokens) at ``lr``."""
+        plan = shard_plan([p.num_tokens for p in pairs], 1, self.dp_size)
+        return _combine(self.group.call("preference_update", [(_preference_shard(pairs, rows), len(pairs), lr,
+                                                               settings) for rows in plan]))
+
+    def preference_loss(self, pairs: Sequence["PreferencePair"], settings: "PreferenceSettings") -> dict[str, float]:
+        """The pair loss and its metrics (means over ``pairs``) under the current weights, without an update."""
+        plan = shard_plan([p.num_tokens for p in pairs], 1, self.dp_size)
+        return _combine(self.group.call("preference_loss", [(_preference_shard(pairs, rows), len(pairs), settings)
+                                                            for rows in plan]))
+
     def export_weights(self) -> Any:
         """Gather full weights (collective over ranks); returns rank 0's handle (a Ray ObjectRef in Ray mode)."""
         handles = self.group.submit("export_weights")
@@ -344,3 +360,17 @@ def _supervised_shard(examples: Sequence["SupervisedExample"], rows: Sequence[tu
     chosen = [examples[i if i >= 0 else filler] for i, _ in rows]
     return SampleShard.supervised([e.prompt_ids for e in chosen], [e.response_ids for e in chosen],
                                   [e.response_mask for e in chosen], [i >= 0 for i, _ in rows])
+
+
+def _preference_shard(pairs: Sequence["PreferencePair"], rows: Sequence[tuple[int, int]]) -> SampleShard:
+    """One rank's pairs: pair k is prompt k with its chosen response at row 2k and its rejected one at 2k+1; padding
+    pairs (-1) repeat the rank's last real pair, with no loss."""
+    filler = next((i for i, _ in reversed(rows) if i >= 0), 0)
+    chosen = [pairs[i if i >= 0 else filler] for i, _ in rows]
+    real = [i >= 0 for i, _ in rows]
+    n = 2 * len(chosen)
+    return SampleShard.build(
+        prompts=[p.prompt_ids for p in chosen], prompt_index=[k // 2 for k in range(n)],
+        responses=[r for p in chosen for r in (p.chosen_ids, p.rejected_ids)],
+        logprobs=[[0.0] * len(r) for p in chosen for r in (p.chosen_ids, p.rejected_ids)],
+        loss_mask=[ok for ok in real for _ in range(2)], minibatch=[0] * n, outcome=[0.0] * n, format_ok=[True] * n)

@@ -23,8 +23,8 @@ from rlpipe.learner.batch import (SampleShard, TrainBatch, capped_cost, count_to
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
 from rlpipe.learner.packing import PACKING_MODES
-from rlpipe.learner.objective import (GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective,
-                                      supervised_objective)
+from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
+from rlpipe.learner.stages import StageSteps
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ def free_port_address() -> tuple[str, int]:
         return addr, s.getsockname()[1]
 
 
-class LearnerRank:
+class LearnerRank(StageSteps):
+    """One rank; the SFT and preference steps come from ``StageSteps`` (rlpipe/learner/stages.py)."""
+
     def __init__(
         self,
         *,
@@ -168,7 +170,7 @@ class LearnerRank:
             self._prepared.append(micros)
         return out
 
-    def _micro_batch_rows(self, shard: SampleShard) -> list[list[torch.Tensor]]:
+    def _micro_batch_rows(self, shard: SampleShard, packing: Optional[str] = None) -> list[list[torch.Tensor]]:
         """Per mini-batch, the shard rows of each micro-batch. Every rank runs the same number of micro-batches, as
         FSDP's collectives need: ``micro_batch_samples`` rows each (shards are equal in rows), or, with
         ``max_tokens_per_micro_batch``, as many as the rank that needs the most to keep every micro-batch within that
@@ -178,22 +180,24 @@ class LearnerRank:
         Padded: rows sorted by length, so each micro-batch, padded to its own longest sample, carries little padding.
         Packed: the units are a prompt's samples on this rank (``shared_prefix``: kept together, the prompt runs once)
         or single samples (``sequences``), sorted by their tokens; a micro-batch costs the sum of its units' tokens.
+        ``packing`` overrides ``learner.packing`` (preference pairs are always packed with their prompt once).
         """
+        packing = packing or self.packing
         prompt_lengths = shard.prompt_lengths[shard.prompt_index.long()]
         plans = []  # per mini-batch: (its rows, its units, their cost function)
         for mb in range(shard.num_minibatches()):
             rows = (shard.minibatch == mb).nonzero().flatten()
-            if self.packing == "none":
+            if packing == "none":
                 rows = rows[torch.argsort((prompt_lengths + shard.response_lengths)[rows], stable=True)]
                 units = [rows[i: i + 1] for i in range(len(rows))]
                 cost = capped_cost(padded_cost(prompt_lengths[rows].tolist(), shard.response_lengths[rows].tolist()),
                                    [1] * len(rows), self.micro_batch_samples)
             else:
-                units = self._packing_units(shard, rows)
-                cost = self._packed_cost(shard, units)
+                units = self._packing_units(shard, rows, packing)
+                cost = self._packed_cost(shard, units, packing)
             plans.append((rows, units, cost))
         budget = self.max_tokens_per_micro_batch
-        if budget is None and self.packing == "none":  # equal-sized slices of the sorted rows
+        if budget is None and packing == "none":  # equal-sized slices of the sorted rows
             return [list(rows.tensor_split(num_micro_batches(len(rows), self.micro_batch_samples)))
                     for rows, _, _ in plans]
         # Packed units of several samples need not fill micro_batch_samples exactly, so even without a token
@@ -206,40 +210,40 @@ class LearnerRank:
         out = []
         for (rows, units, cost), k in zip(plans, counts.tolist()):
             if len(units) < k:  # more micro-batches than units: split the largest prompt groups
-                units = self._split_units(shard, units, k)
-                cost = self._packed_cost(shard, units)
+                units = self._split_units(shard, units, k, packing)
+                cost = self._packed_cost(shard, units, packing)
             out.append([torch.cat(units[g.start: g.stop]) for g in split_by_tokens(len(units), cost, int(k))])
         return out
 
-    def _packing_units(self, shard: SampleShard, rows: torch.Tensor) -> list[torch.Tensor]:
+    def _packing_units(self, shard: SampleShard, rows: torch.Tensor, packing: str) -> list[torch.Tensor]:
         """A prompt's samples (shared_prefix; at most ``micro_batch_samples`` per unit) or single samples."""
-        if self.packing == "shared_prefix":
+        if packing == "shared_prefix":
             prompts = shard.prompt_index[rows]
             units = [part for k in torch.unique(prompts).tolist()
                      for part in rows[prompts == k].split(self.micro_batch_samples)]
         else:
             units = [rows[i: i + 1] for i in range(len(rows))]
-        return sorted(units, key=lambda u: self._unit_tokens(shard, u))
+        return sorted(units, key=lambda u: self._unit_tokens(shard, u, packing))
 
-    def _packed_cost(self, shard: SampleShard, units: list[torch.Tensor]):
+    def _packed_cost(self, shard: SampleShard, units: list[torch.Tensor], packing: str):
         """A micro-batch of packed units costs the sum of their stream tokens, and more than any budget past
         ``micro_batch_samples`` samples."""
-        return capped_cost(summed_cost([self._unit_tokens(shard, u) for u in units]), [len(u) for u in units],
-                           self.micro_batch_samples)
+        tokens = [self._unit_tokens(shard, u, packing) for u in units]
+        return capped_cost(summed_cost(tokens), [len(u) for u in units], self.micro_batch_samples)
 
-    def _unit_tokens(self, shard: SampleShard, unit: torch.Tensor) -> int:
+    def _unit_tokens(self, shard: SampleShard, unit: torch.Tensor, packing: str) -> int:
         """Tokens a unit adds to the packed stream: its prompt once (shared) or per sample, plus its responses."""
         prompt = shard.prompt_lengths[shard.prompt_index[unit].long()]
-        prompt_tokens = int(prompt[0]) if self.packing == "shared_prefix" else int(prompt.sum())
+        prompt_tokens = int(prompt[0]) if packing == "shared_prefix" else int(prompt.sum())
         return prompt_tokens + int(shard.response_lengths[unit].sum())
 
-    def _split_units(self, shard: SampleShard, units: list[torch.Tensor], k: int) -> list[torch.Tensor]:
+    def _split_units(self, shard: SampleShard, units: list[torch.Tensor], k: int, packing: str) -> list[torch.Tensor]:
         units = list(units)
         while len(units) < k:
             largest = max(range(len(units)), key=lambda i: len(units[i]))
             unit = units.pop(largest)
             units += [unit[: len(unit) // 2], unit[len(unit) // 2:]]
-        return sorted(units, key=lambda u: self._unit_tokens(shard, u))
+        return sorted(units, key=lambda u: self._unit_tokens(shard, u, packing))
 
     def _prepare_micro(self, micro: TrainBatch, rows: torch.Tensor, n: int, out: dict[str, torch.Tensor],
                        ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -337,35 +341,6 @@ class LearnerRank:
         totals["offpolicy/mismatch_k3"] = mismatch
         totals["perf/learner_peak_mem_gib"] = self.peak_memory_gib()
         return totals
-
-    def supervised_update(self, shard: SampleShard, counts: GlobalCounts, lr: float) -> dict[str, float]:
-        """One optimizer step at learning rate ``lr`` on the next-token loss of ``shard``'s masked response tokens
-        (SFT: one mini-batch; ``counts`` over every rank). The same micro-batches, packing and token budget as RL."""
-        module = self.backend.module
-        module.train()
-        self.backend.set_lr(lr)
-        [micro_rows] = self._micro_batch_rows(shard)
-        totals: dict[str, float] = {}
-        for i, rows in enumerate(micro_rows):
-            micro = shard.to_train_batch(rows.tolist(), self.pad_id, self.packing).to(self.device)
-            loss, metrics = supervised_objective(forward_logprobs(module, micro, 1.0).logprobs, micro, counts)
-            self.backend.backward(loss, is_last_micro_batch=i == len(micro_rows) - 1)
-            for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v)
-        totals["actor/grad_norm"] = self.backend.step()
-        return totals
-
-    @torch.no_grad()
-    def supervised_loss(self, shard: SampleShard) -> dict[str, float]:
-        """The summed next-token loss of ``shard``'s masked tokens and their count (a held-out loss; no update)."""
-        self.backend.module.eval()
-        nll, tokens = 0.0, 0
-        for rows in self._micro_batch_rows(shard)[0]:
-            micro = shard.to_train_batch(rows.tolist(), self.pad_id, self.packing).to(self.device)
-            logprobs = forward_logprobs(self.backend.module, micro, 1.0).logprobs
-            nll -= float((logprobs * micro.response_mask).sum())
-            tokens += int(micro.response_mask.sum())
-        return {"nll_sum": nll, "tokens": float(tokens)}
 
     def peak_memory_gib(self) -> float:
         """Peak device memory on GPU; on CPU the process's peak resident set (weights, optimizer, activations)."""

@@ -43,7 +43,7 @@ class ConsoleSink:
     """A short line per logged step with the headline numbers (the progress bar carries the rest)."""
 
     KEYS = ("rollout/reward_mean", "eval/accuracy", "actor/pg_loss", "actor/kl", "rollout/response_len",
-            "sft/loss", "eval/loss")
+            "sft/loss", "eval/loss", "prefer/loss", "prefer/pairs", "eval/response_len")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         parts = [f"{k.replace('eval/loss', 'heldout_loss').split('/')[-1]}={metrics[k]:.4g}" for k in self.KEYS

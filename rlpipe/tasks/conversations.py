@@ -24,12 +24,13 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from rlpipe.tasks.datasets import BadRow, DataError, LoadReport, ON_BAD_ROW, read_rows, write_quarantine
 
 log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant", "tool")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class ChatEncoder:
             if m["role"] != "assistant" or i < trained_from:
                 continue
             before = self.render(messages[:i], generation_prompt=True) if i else []
-            upto = self.render(messages[: i + 1], generation_prompt=False)
+            upto = full if i == len(messages) - 1 else self.render(messages[: i + 1], generation_prompt=False)
             if full[: len(upto)] != upto or upto[: len(before)] != before:
                 raise BadRow("template_not_prefix", f"the chat template renders turn {i} differently inside the "
                                                     f"whole conversation: its assistant tokens cannot be found")
@@ -136,16 +137,43 @@ def load_supervised(path: str | Path, tokenizer, *, max_tokens: int, on_bad_row:
     """Every usable row of ``path`` (any mix of the three formats) as a SupervisedExample.
 
     A row longer than ``max_tokens`` keeps its first ``max_tokens`` tokens (TRL's ``max_length`` truncation), counted
-    in the report as ``truncated``; a row whose prompt alone fills ``max_tokens`` has nothing left to train and is a
-    bad row (``too_long``).
+    and logged; a row whose prompt alone fills ``max_tokens`` has nothing left to train and is a bad row
+    (``too_long``).
     """
+    encoder = ChatEncoder(tokenizer)
+    truncated = 0
+
+    def encode(row: dict[str, Any], uid: str) -> SupervisedExample:
+        nonlocal truncated
+        example = encoder.encode(row, uid)
+        if len(example.prompt_ids) >= max_tokens:
+            raise BadRow("too_long", f"the prompt alone has {len(example.prompt_ids)} tokens >= "
+                                     f"max_seq_tokens={max_tokens}")
+        if example.num_tokens > max_tokens:
+            keep = max_tokens - len(example.prompt_ids)
+            example = SupervisedExample(uid, example.prompt_ids, example.response_ids[:keep],
+                                        example.response_mask[:keep])
+            truncated += 1
+        if not example.loss_tokens:
+            raise BadRow("too_long", f"no trained token is left within max_seq_tokens={max_tokens}")
+        return example
+
+    out = load_encoded(path, encode, on_bad_row=on_bad_row, quarantine=quarantine, split=split)
+    if truncated:
+        log.warning("data %s: %d rows truncated to max_seq_tokens=%d", path, truncated, max_tokens)
+    return out
+
+
+def load_encoded(path: str | Path, encode: Callable[[dict[str, Any], str], T], *, on_bad_row: str = "error",
+                 quarantine: Optional[str | Path] = None, split: Optional[str] = None) -> tuple[list[T], LoadReport]:
+    """``encode(row, uid)`` of every row of ``path``; a ``BadRow`` is an error naming the file and row, or
+    (``on_bad_row="skip"``) counted per reason and quarantined. Uids: the row's ``id`` or ``<file stem>:<row>``,
+    made unique (a step never holds one row twice)."""
     if on_bad_row not in ON_BAD_ROW:
         raise DataError(f"data.on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
-    encoder = ChatEncoder(tokenizer)
     report = LoadReport(str(path))
-    examples, bad, truncated = [], [], 0
+    items, bad, seen = [], [], set()
     stem = Path(path).name.split(".")[0]
-    seen: set[str] = set()
     for n, row in read_rows(path, split):
         report.rows += 1
         try:
@@ -154,18 +182,7 @@ def load_supervised(path: str | Path, tokenizer, *, max_tokens: int, on_bad_row:
             if not isinstance(row, dict):
                 raise BadRow("not_an_object", f"row {n} is a {type(row).__name__}, not an object")
             uid = str(row.get("id", f"{stem}:{n}"))
-            uid = uid if uid not in seen else f"{stem}:{n}"  # unique: a step never holds one row twice by uid
-            example = encoder.encode(row, uid)
-            if len(example.prompt_ids) >= max_tokens:
-                raise BadRow("too_long", f"the prompt alone has {len(example.prompt_ids)} tokens >= "
-                                         f"sft.max_seq_tokens={max_tokens}")
-            if example.num_tokens > max_tokens:
-                keep = max_tokens - len(example.prompt_ids)
-                example = SupervisedExample(example.uid, example.prompt_ids, example.response_ids[:keep],
-                                            example.response_mask[:keep])
-                truncated += 1
-            if not example.loss_tokens:
-                raise BadRow("too_long", f"no trained token is left within sft.max_seq_tokens={max_tokens}")
+            item = encode(row, uid if uid not in seen else f"{stem}:{n}")
         except BadRow as e:
             if on_bad_row == "error":
                 raise DataError(f"{path}, row {n}: {e} (data.on_bad_row=skip skips such rows and counts them)") from None
@@ -173,19 +190,17 @@ def load_supervised(path: str | Path, tokenizer, *, max_tokens: int, on_bad_row:
             bad.append({"row": n, "reason": e.reason, "message": str(e),
                         "data": row if isinstance(row, dict) else repr(row)[:500]})
             continue
-        seen.add(example.uid)
-        examples.append(example)
-    report.kept = len(examples)
+        seen.add(item.uid)
+        items.append(item)
+    report.kept = len(items)
     write_quarantine(bad, quarantine)
-    if truncated:
-        log.warning("data %s: %d rows truncated to sft.max_seq_tokens=%d", path, truncated, max_tokens)
     if report.skipped:
         log.warning("data %s (quarantined to %s)", report.summary(), quarantine)
     else:
         log.info("data %s", report.summary())
-    if not examples:
+    if not items:
         raise DataError(f"no usable rows: {report.summary()}")
-    return examples, report
+    return items, report
 
 
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:

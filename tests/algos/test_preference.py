@@ -82,3 +82,17 @@ def test_simper_by_hand():
 
 def test_every_loss_is_registered():
     assert set(PREFERENCE_LOSSES.names()) == {"dpo", "ipo", "simpo", "simper"}
+
+
+def test_preference_loss_dispatches_with_what_each_loss_takes():
+    from rlpipe.algos.preference import preference_loss
+
+    c, r, rc, rr = torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([-4.0]), torch.tensor([-4.0])
+    # DPO: h = (−3 + 4) − (−5 + 4) = 2; β = 0.5 -> −log σ(1)
+    assert float(preference_loss("dpo", c, r, rc, rr, beta=0.5)[0]) == pytest.approx(math.log1p(math.exp(-1.0)))
+    # SimPER ignores β and the reference: −e^{−3} + e^{−5}
+    assert float(preference_loss("simper", c, r, beta=9.0)[0]) == pytest.approx(-math.exp(-3) + math.exp(-5))
+    # SimPO: −log σ(β (−3 + 5) − γ) with β = 2, γ = 1 -> −log σ(3)
+    assert float(preference_loss("simpo", c, r, beta=2.0, gamma=1.0)[0]) == pytest.approx(math.log1p(math.exp(-3.0)))
+    with pytest.raises(ValueError, match="reference"):
+        preference_loss("ipo", c, r)
