@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("rlpipe.train", "an RL training run (GRPO, DAPO, AGAPO, ...): rlpipe train algorithm=dapo"),
     "sft": ("rlpipe.sft", "supervised fine-tuning on the learner ranks: rlpipe sft sft.train_file=chats.jsonl"),
     "prefer": ("rlpipe.prefer", "preference optimisation (DPO, IPO, SimPO, SimPER), file or online pairs"),
+    "pipeline": ("rlpipe.pipeline", "stages chained (sft, rl, prefer), each from the last one's model"),
     "eval": ("rlpipe.eval", "test-time scaling of a model: pass@k, maj@k, best-of-N, accuracy by budget"),
     "score": ("rlpipe.score", "score a file of completions with the training verifiers (--help for its flags)"),
     "filter": ("rlpipe.filter", "offline difficulty pre-pass: a pass-rate table for data.pass_rate_table"),
@@ -22,7 +23,7 @@ def usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: rlpipe <command> [args]", "", "commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "Hydra commands (train, sft, prefer, eval, filter) take config overrides (key=value) and --help lists every",
+    lines += ["", "Hydra commands (all but score) take config overrides (key=value) and --help lists every",
               "config group and field; `rlpipe train --config-dir DIR --config-name NAME` runs an example's config."]
     return "\n".join(lines)
 

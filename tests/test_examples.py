@@ -105,3 +105,25 @@ def test_example_runs_a_step_or_two(name, tmp_path):
         assert ev.returncode == 0, ev.stdout[-2000:] + ev.stderr[-3000:]
         result = json.loads((out / "eval.json").read_text())
         assert set(result["best_of_n_by_head"]) == {"2", "4"}
+
+
+# Pipeline examples: `rlpipe pipeline` with every stage shrunk to two steps.
+PIPELINES = {"phi4-sft-dpo": ["1-sft", "2-prefer"], "exaone-pipeline": ["1-sft", "2-rl", "3-prefer"]}
+PIPELINE_SHRINK = ["sft.total_steps=2", "sft.teacher_rows=300", "sft.eval_every_steps=2", "prefer.total_steps=2",
+                   "prefer.eval_every_steps=2", "prefer.prompts_per_step=4", "prefer.samples_per_prompt=4",
+                   "trainer.total_steps=2", "trainer.eval_every_steps=2", "data.heldout_size=8",
+                   "data.prompts_per_step=4", "rollout.samples_per_prompt=4", "logger.progress_bar=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_pipeline_example_runs_every_stage(name, tmp_path):
+    example = REPO / "examples" / name
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rlpipe", "pipeline", "--config-dir", f"examples/{name}", "--config-name",
+           _config(example).stem, *PIPELINE_SHRINK, f"trainer.output_dir={run}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    stages = json.loads((run / "pipeline.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == PIPELINES[name]
+    assert all(s["steps"] == 2 and s["accuracy_after"] is not None for s in stages)

@@ -389,6 +389,15 @@ class PreferConfig(StageConfig):
 
 
 @dataclass
+class PipelineConfig(Section):
+    stages: list[str] = _help(
+        "`rlpipe pipeline`: stages in order, each starting from the model the one before exported: sft | rl | "
+        "prefer (a name may repeat). Stage k runs in <trainer.output_dir>/<k>-<name> with its own checkpoints; a "
+        "rerun skips finished stages and resumes the unfinished one (docs/pipelines.md).",
+        default_factory=lambda: ["sft", "rl"])
+
+
+@dataclass
 class Config(Section):
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -403,6 +412,7 @@ class Config(Section):
     eval: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     prefer: PreferConfig = field(default_factory=PreferConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
 
 
 def register_configs() -> None:

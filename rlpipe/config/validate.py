@@ -332,4 +332,8 @@ def _stages(cfg: Config) -> list[str]:
     errors += _at_least("prefer.prompts_per_step", p.prompts_per_step, 1)
     errors += _at_least("prefer.samples_per_prompt", p.samples_per_prompt, 2)
     errors += _at_least("prefer.min_length_ratio", p.min_length_ratio, 1)
+    if not cfg.pipeline.stages:
+        errors.append("pipeline.stages must name at least one stage")
+    errors += [f"pipeline.stages: {name!r} is not one of ['prefer', 'rl', 'sft']" for name in cfg.pipeline.stages
+               if name not in ("sft", "rl", "prefer")]
     return errors
