@@ -223,8 +223,8 @@ class LearnerConfig(Section):
     num_workers: int = _help("Learner ranks: one torch.distributed group (gloo on CPU, NCCL on GPU).", 2)
     threads_per_rank: int = _help(
         "torch intra-op threads of each learner rank. 1 on shared cores (more made steps 5-80x slower when ranks and "
-        "engines share them); more when a rank has cores to itself: on 2 cores one rank with 2 threads trains the "
-        "tiny model's SFT 1.3x faster than 2 ranks with 1 (docs/pipelines.md).", 1)
+        "engines share them); more when a rank has cores to itself, e.g. one rank with 2 threads for `rlpipe sft` "
+        "on a 2-core laptop (docs/pipelines.md).", 1)
     lr: float = _help("AdamW learning rate.", 1e-4)
     weight_decay: float = _help("AdamW weight decay.", 0.0)
     betas: list[float] = _help("AdamW betas.", default_factory=lambda: [0.9, 0.999])
@@ -357,6 +357,10 @@ class SFTConfig(StageConfig):
         "arithmetic task (the default job's warm-start data), written to <output_dir>/teacher_traces.jsonl.", None)
     teacher_rows: int = _help("Teacher traces written when sft.train_file is empty (1,500 steps x 32 rows: every "
                               "row is seen once).", 48000)
+    teacher_recheck_rate: float = _help(
+        "Teacher traces: how often the teacher writes a step again ('Check: ...') before going on, so correct "
+        "solutions of one problem differ in length (the concision stage's material; examples/exaone-pipeline). "
+        "0 = the warm-start's teacher, unchanged.", 0.0)
     rows_per_step: int = _help("Rows (sequences) per optimizer step, global (TRL: per-device batch x devices x "
                                "gradient accumulation).", 32)
     total_steps: int = _help("Optimizer steps; the data is reshuffled every epoch.", 1500)

@@ -321,6 +321,7 @@ def _stages(cfg: Config) -> list[str]:
         errors += _at_least(f"{name}.max_seq_tokens", f.max_seq_tokens, 2)
         errors += _at_least(f"{name}.eval_every_steps", f.eval_every_steps, 1)
     s, p = cfg.sft, cfg.prefer
+    errors += _in_range("sft.teacher_recheck_rate", s.teacher_recheck_rate, 0, 1)
     errors += _at_least("sft.teacher_rows", s.teacher_rows, 1) + _at_least("sft.rows_per_step", s.rows_per_step, 1)
     errors += _choice("prefer.loss", p.loss, PREFERENCE_LOSSES.names())
     errors += _choice("prefer.rejected", p.rejected, REJECTION_RULES)

@@ -82,8 +82,7 @@ def _stage_row(k: int, name: str, stage_dir: Path) -> dict[str, Any]:
             "accuracy_before": evals[0]["eval/accuracy"] if evals else None,
             "accuracy_after": evals[-1]["eval/accuracy"] if evals else None,
             "response_tokens_before": evals[0].get("eval/response_len") if evals else None,
-            "response_tokens_after": evals[-1].get("eval/response_len") if evals else None,
-            "wall_seconds": summary.get("wall_seconds")}
+            "response_tokens_after": evals[-1].get("eval/response_len") if evals else None}
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

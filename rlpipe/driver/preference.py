@@ -40,30 +40,16 @@ class PreferenceStage:
     name = "prefer"
     headline = {"loss": "prefer/loss", "acc": "eval/accuracy", "len": "eval/response_len"}
 
-    def __init__(self, cfg: Config, session: Session, model_path: str, run_dir: Path):
-        from transformers import AutoTokenizer
-
+    def __init__(self, cfg: Config, session: Session, model_path: str,
+                 files: Optional[tuple[list[PreferencePair], list[PreferencePair]]]):
         p = self.p = cfg.prefer
         self.cfg, self.session = cfg, session
         self.total_steps, self.eval_every_steps = p.total_steps, p.eval_every_steps
         self.settings = PreferenceSettings(p.loss, p.beta, p.label_smoothing, p.simpo_gamma)
         self.tokenize, self.prompts, heldout_problems = load_prompts(cfg, model_path)
-        self.problems = (self.tokenize, heldout_problems) if p.eval_accuracy else None
-        self.accuracy = accuracy_eval(cfg, session, self.problems)
-        self.heldout: list[PreferencePair] = []
-        self.pool: Optional[ShuffledPool] = None
-        if p.train_file:
-            tokenizer = AutoTokenizer.from_pretrained(model_path)
-            options = dict(max_tokens=p.max_seq_tokens, on_bad_row=cfg.data.on_bad_row,
-                           quarantine=cfg.data.quarantine_file or run_dir / "quarantine.jsonl")
-            pairs, _ = load_pairs(p.train_file, tokenizer, **options)
-            if p.heldout_file:
-                self.heldout, _ = load_pairs(p.heldout_file, tokenizer, **options)
-            else:
-                cut = max(0, min(p.heldout_rows, len(pairs) - p.pairs_per_step))
-                self.heldout, pairs = pairs[:cut], pairs[cut:]
-            self.pool = ShuffledPool(pairs, cfg.trainer.seed)
-            log.info("prefer: %d training pairs, %d held out (%s)", len(pairs), len(self.heldout), p.train_file)
+        self.accuracy = accuracy_eval(cfg, session, (self.tokenize, heldout_problems) if p.eval_accuracy else None)
+        pairs, self.heldout = files if files is not None else ([], [])
+        self.pool = ShuffledPool(pairs, cfg.trainer.seed) if files is not None else None  # None: online pairs
 
     def step(self, step: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -130,10 +116,30 @@ class PreferenceStage:
         self.prompts.load_state_dict(state["prompts"])
 
 
+def pair_files(cfg: Config, model_path: str, run_dir: Path) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(training pairs, held-out pairs) from ``prefer.train_file`` / ``prefer.heldout_file`` (or split off)."""
+    from transformers import AutoTokenizer
+
+    p = cfg.prefer
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    options = dict(max_tokens=p.max_seq_tokens, on_bad_row=cfg.data.on_bad_row,
+                   quarantine=cfg.data.quarantine_file or run_dir / "quarantine.jsonl")
+    pairs, _ = load_pairs(p.train_file, tokenizer, **options)
+    if p.heldout_file:
+        heldout, _ = load_pairs(p.heldout_file, tokenizer, **options)
+    else:
+        cut = max(0, min(p.heldout_rows, len(pairs) - p.pairs_per_step))  # what is left must fill one step
+        heldout, pairs = pairs[:cut], pairs[cut:]
+    log.info("prefer: %d training pairs, %d held out (%s)", len(pairs), len(heldout), p.train_file)
+    return pairs, heldout
+
+
 def run_prefer(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
     model_path = check_model_dir(build.model_dir(cfg), "model.path")
     p = cfg.prefer
+    # A pair file is read and checked before any actor starts: a bad row fails in seconds.
+    files = pair_files(cfg, model_path, Path(cfg.trainer.output_dir).resolve()) if p.train_file else None
     learner = LearnerSpec(cfg.learner.num_workers, with_reference=not REFERENCE_FREE[p.loss])
-    online = not p.train_file
-    return run_stage_command(cfg, resolved_config, model_path, learner, with_engines=online or p.eval_accuracy,
-                             make_stage=lambda session, run_dir: PreferenceStage(cfg, session, model_path, run_dir))
+    return run_stage_command(cfg, resolved_config, model_path, learner,
+                             with_engines=files is None or p.eval_accuracy,
+                             make_stage=lambda session, _: PreferenceStage(cfg, session, model_path, files))

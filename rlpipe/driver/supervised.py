@@ -56,10 +56,11 @@ def supervised_data(cfg: Config, tokenizer, run_dir: Path) -> tuple[list[Supervi
         problems = heldout_set(n=d.heldout_size, seed=d.seed + 1)
         train_file = run_dir / "teacher_traces.jsonl"
         write_rows(train_file, teacher_traces(f.teacher_rows, cfg.model.tiny.seed, slip,
-                                              exclude=[p.question for p in problems]))
+                                              exclude=[p.question for p in problems],
+                                              recheck_rate=f.teacher_recheck_rate))
         if heldout_file is None:
             heldout_file = run_dir / "teacher_traces_heldout.jsonl"
-            write_rows(heldout_file, teacher_rows_for(problems, slip, cfg.model.tiny.seed))
+            write_rows(heldout_file, teacher_rows_for(problems, slip, cfg.model.tiny.seed, f.teacher_recheck_rate))
     train, _ = load_supervised(train_file, tokenizer, **options)
     if heldout_file is not None:
         heldout, _ = load_supervised(heldout_file, tokenizer, **options)

@@ -69,16 +69,25 @@ def step_results(problem: Problem, slip_rate: float = 0.0, rng: random.Random | 
     return results
 
 
-def solution_text(problem: Problem, results: Iterable[int]) -> str:
-    lines, left = [], problem.operands[0]
-    for op, x, value in zip(problem.operators, problem.operands[1:], results):
+def solution_text(problem: Problem, results: Iterable[int], repeats: Iterable[bool] = ()) -> str:
+    """The worked steps; a step whose ``repeats`` flag is set is written again as "Check: ..." after itself."""
+    lines, left, repeats = [], problem.operands[0], list(repeats)
+    for k, (op, x, value) in enumerate(zip(problem.operators, problem.operands[1:], results)):
         lines.append(f"{left} {op} {x} = {value}")
+        if k < len(repeats) and repeats[k]:
+            lines.append(f"Check: {left} {op} {x} = {value}")
         left = value
     return STEP_DELIMITER.join(lines) + STEP_DELIMITER + f"The answer is \\boxed{{{left}}}."
 
 
-def teacher_solution(problem: Problem, slip_rate: float, rng: random.Random) -> str:
-    return solution_text(problem, step_results(problem, slip_rate, rng))
+def teacher_solution(problem: Problem, slip_rate: float, rng: random.Random, recheck_rate: float = 0.0) -> str:
+    """The teacher's solution: a needed carry dropped at ``slip_rate``; each step re-checked (written again) at
+    ``recheck_rate``, which makes correct solutions of one problem differ in length (5 to 9 lines for three steps)
+    without changing a result: the material a concision preference stage removes. ``recheck_rate=0`` draws nothing
+    more from ``rng``, so the default teacher's traces are unchanged."""
+    results = step_results(problem, slip_rate, rng)
+    repeats = [rng.random() < recheck_rate for _ in results] if recheck_rate > 0 else []
+    return solution_text(problem, results, repeats)
 
 
 def correct_solution(problem: Problem) -> str:
@@ -138,7 +147,8 @@ class TrainStream:
         self.index = state["index"]
 
 
-def teacher_traces(n: int, seed: int, slip_rate: float, exclude: Iterable[str] = ()) -> list[dict[str, Any]]:
+def teacher_traces(n: int, seed: int, slip_rate: float, exclude: Iterable[str] = (),
+                   recheck_rate: float = 0.0) -> list[dict[str, Any]]:
     """``n`` supervised rows in TRL's ``messages`` format: the teacher (``teacher_solution``) on fresh problems, none
     of whose questions is in ``exclude``. Problems and slips come from one ``random.Random(seed)`` in the order the
     default job's warm-start draws them. Each row keeps its gold ``answer``."""
@@ -146,17 +156,18 @@ def teacher_traces(n: int, seed: int, slip_rate: float, exclude: Iterable[str] =
     while len(rows) < n:
         p = make_problem(rng, f"teacher-{seed}-{len(rows)}")
         if p.question not in excluded:
-            rows.append(teacher_row(p, slip_rate, rng))
+            rows.append(teacher_row(p, slip_rate, rng, recheck_rate))
     return rows
 
 
-def teacher_row(problem: Problem, slip_rate: float, rng: random.Random) -> dict[str, Any]:
+def teacher_row(problem: Problem, slip_rate: float, rng: random.Random, recheck_rate: float = 0.0) -> dict[str, Any]:
     """One supervised row (TRL's ``messages`` format, with the gold ``answer``): the teacher solving ``problem``."""
+    solution = teacher_solution(problem, slip_rate, rng, recheck_rate)
     return {"id": problem.uid, "answer": str(problem.answer),
-            "messages": to_messages(problem) + [{"role": "assistant",
-                                                 "content": teacher_solution(problem, slip_rate, rng)}]}
+            "messages": to_messages(problem) + [{"role": "assistant", "content": solution}]}
 
 
-def teacher_rows_for(problems: Iterable[Problem], slip_rate: float, seed: int) -> list[dict[str, Any]]:
+def teacher_rows_for(problems: Iterable[Problem], slip_rate: float, seed: int,
+                     recheck_rate: float = 0.0) -> list[dict[str, Any]]:
     """The teacher on given problems (e.g. the held-out set, for a held-out loss), each with its own seeded slips."""
-    return [teacher_row(p, slip_rate, _rng("teacher", seed, p.uid)) for p in problems]
+    return [teacher_row(p, slip_rate, _rng("teacher", seed, p.uid), recheck_rate) for p in problems]

@@ -56,3 +56,29 @@ def test_teacher_slips_only_on_carries_at_the_stated_rate():
             left = got
     assert 0.55 < slips / carries < 0.65
     assert teacher_solution(p, 0.0, rng) == correct_solution(p)
+
+
+def test_recheck_teacher_repeats_steps_without_changing_answers_and_zero_changes_nothing():
+    import random
+
+    from rlpipe.tasks.arithmetic import make_problem, teacher_solution, teacher_traces
+    from rlpipe.verify.arithmetic import ArithmeticVerifier
+
+    # rate 0: the warm-start's draws, row for row (problem, then its slips, from one Random)
+    rng = random.Random(3)
+    expected = []
+    while len(expected) < 20:
+        p = make_problem(rng, "x")
+        expected.append(teacher_solution(p, 0.6, rng))
+    assert [r["messages"][1]["content"] for r in teacher_traces(20, 3, 0.6)] == expected
+
+    rows = teacher_traces(50, 0, 0.0, recheck_rate=1.0)  # a clean teacher that re-checks every step
+    verifier = ArithmeticVerifier()
+    for row in rows:
+        text = row["messages"][1]["content"]
+        steps = [line for line in text.split(".\n\n") if not line.startswith(("Check", "The answer"))]
+        checks = [line.removeprefix("Check: ") for line in text.split(".\n\n") if line.startswith("Check")]
+        assert checks == steps  # every step written again, unchanged
+        assert verifier.score(text, {"answer": row["answer"]}).reward == 1.0
+    lengths = [len(r["messages"][1]["content"]) for r in teacher_traces(200, 0, 0.0, recheck_rate=0.5)]
+    assert max(lengths) > 1.5 * min(lengths)  # correct solutions of very different lengths
