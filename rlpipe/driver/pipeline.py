@@ -53,6 +53,29 @@ def finished(stage_dir: Path) -> bool:
     return (stage_dir / "summary.json").is_file() and (stage_dir / "final_model" / "config.json").is_file()
 
 
+OTHER_STAGES = {"sft": ("prefer", "pipeline"), "prefer": ("sft", "pipeline"), "rl": ("sft", "prefer", "pipeline")}
+
+
+def changed_settings(stage_dir: Path, stage: dict[str, Any], name: str) -> list[str]:
+    """The settings (dotted keys) a finished stage ran with that differ from ``stage``'s, other stages' sections and
+    the run location left out."""
+    recorded = json.loads((stage_dir / "config.json").read_text())
+    skip = set(OTHER_STAGES[name]) | {"logger"}
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                if not key and k in skip or key == "trainer" and k in ("output_dir", "checkpoint_dir", "resume"):
+                    continue
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+        elif a != b:
+            out.append(key)
+
+    walk(recorded, stage, "")
+    return out
+
+
 def run_pipeline(cfg: Config, resolved: dict[str, Any]) -> list[dict[str, Any]]:
     runners = _runners()
     root = Path(cfg.trainer.output_dir).resolve()
@@ -62,6 +85,10 @@ def run_pipeline(cfg: Config, resolved: dict[str, Any]) -> list[dict[str, Any]]:
         stage_dir = root / f"{k}-{name}"
         if finished(stage_dir):
             log.info("pipeline: stage %d (%s) already finished in %s; skipped", k, name, stage_dir)
+            changed = changed_settings(stage_dir, stage_config(resolved, model_path, stage_dir)[1], name)
+            if changed:
+                log.warning("pipeline: stage %d (%s) finished with other settings than this command's (%s); its "
+                            "result is kept — delete %s to run it again", k, name, ", ".join(changed[:8]), stage_dir)
         else:
             log.info("pipeline: stage %d of %d (%s) in %s, from %s", k, len(cfg.pipeline.stages), name, stage_dir,
                      model_path or "the default start")

@@ -44,10 +44,10 @@ class ConsoleSink:
 
     KEYS = ("rollout/reward_mean", "eval/accuracy", "actor/pg_loss", "actor/kl", "rollout/response_len",
             "sft/loss", "eval/loss", "prefer/loss", "prefer/pairs", "eval/response_len")
+    LABELS = {"eval/loss": "heldout_loss", "eval/response_len": "heldout_len"}  # names the short form would repeat
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        parts = [f"{k.replace('eval/loss', 'heldout_loss').split('/')[-1]}={metrics[k]:.4g}" for k in self.KEYS
-                 if k in metrics]
+        parts = [f"{self.LABELS.get(k, k.split('/')[-1])}={metrics[k]:.4g}" for k in self.KEYS if k in metrics]
         seconds = metrics.get("timing/step", sum(v for k, v in metrics.items() if k.startswith("timing/")))
         log.info("step %d: %s  (%.1fs)", step, "  ".join(parts), seconds)
 

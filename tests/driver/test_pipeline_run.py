@@ -70,6 +70,7 @@ def test_pipeline_killed_in_its_second_stage_resumes_it_without_redoing_the_firs
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     log = resumed.stdout + resumed.stderr
     assert "stage 1 (sft) already finished" in log and "resumed from" in log
+    assert "other settings" not in log  # the same command: nothing changed
     assert (crashed / "1-sft" / "metrics.jsonl").stat().st_mtime_ns == first_stage  # not redone
     a, b = _metrics(straight / "2-prefer"), _metrics(crashed / "2-prefer")
     assert sorted(b) == list(range(0, 9))
