@@ -24,13 +24,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional
 
-from rlpipe.tasks.datasets import BadRow, DataError, LoadReport, ON_BAD_ROW, read_rows, write_quarantine
+from rlpipe.tasks.datasets import BadRow, LoadReport, load_encoded
 
 log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant", "tool")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -162,45 +161,6 @@ def load_supervised(path: str | Path, tokenizer, *, max_tokens: int, on_bad_row:
     if truncated:
         log.warning("data %s: %d rows truncated to max_seq_tokens=%d", path, truncated, max_tokens)
     return out
-
-
-def load_encoded(path: str | Path, encode: Callable[[dict[str, Any], str], T], *, on_bad_row: str = "error",
-                 quarantine: Optional[str | Path] = None, split: Optional[str] = None) -> tuple[list[T], LoadReport]:
-    """``encode(row, uid)`` of every row of ``path``; a ``BadRow`` is an error naming the file and row, or
-    (``on_bad_row="skip"``) counted per reason and quarantined. Uids: the row's ``id`` or ``<file stem>:<row>``,
-    made unique (a step never holds one row twice)."""
-    if on_bad_row not in ON_BAD_ROW:
-        raise DataError(f"data.on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
-    report = LoadReport(str(path))
-    items, bad, seen = [], [], set()
-    stem = Path(path).name.split(".")[0]
-    for n, row in read_rows(path, split):
-        report.rows += 1
-        try:
-            if isinstance(row, BadRow):
-                raise row
-            if not isinstance(row, dict):
-                raise BadRow("not_an_object", f"row {n} is a {type(row).__name__}, not an object")
-            uid = str(row.get("id", f"{stem}:{n}"))
-            item = encode(row, uid if uid not in seen else f"{stem}:{n}")
-        except BadRow as e:
-            if on_bad_row == "error":
-                raise DataError(f"{path}, row {n}: {e} (data.on_bad_row=skip skips such rows and counts them)") from None
-            report.skipped[e.reason] += 1
-            bad.append({"row": n, "reason": e.reason, "message": str(e),
-                        "data": row if isinstance(row, dict) else repr(row)[:500]})
-            continue
-        seen.add(item.uid)
-        items.append(item)
-    report.kept = len(items)
-    write_quarantine(bad, quarantine)
-    if report.skipped:
-        log.warning("data %s (quarantined to %s)", report.summary(), quarantine)
-    else:
-        log.info("data %s", report.summary())
-    if not items:
-        raise DataError(f"no usable rows: {report.summary()}")
-    return items, report
 
 
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from rlpipe.errors import UserError
 
@@ -56,6 +56,7 @@ FORMATS: dict[str, DataFormat] = {
 }
 FORMATS["math500"] = FORMATS["math"]
 ON_BAD_ROW = ("error", "skip")
+T = TypeVar("T")
 
 
 class BadRow(ValueError):
@@ -209,20 +210,42 @@ def load_examples(
     prompt_length: Optional[Callable[[str], int]] = None,
     max_prompt_tokens: Optional[int] = None,
 ) -> tuple[list[Example], LoadReport]:
-    """Every usable row of ``path`` as an Example (uid ``<file stem>:<row number>``, or the row's ``id`` field).
+    """Every usable row of ``path`` as an Example (uid: the row's ``id``, ``task_id`` or ``unique_id`` field, else
+    ``<file stem>:<row number>``).
 
     ``prompt_length(prompt text) -> tokens`` (the chat-templated length) enables the length check.
     """
     if format not in FORMATS:
         raise DataError(f"unknown data format {format!r}; valid: {', '.join(sorted(FORMATS))}")
-    if on_bad_row not in ON_BAD_ROW:
-        raise DataError(f"data.on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     fmt = FORMATS[format]
     f = {**fmt.fields, **(fields or {})}
+
+    def encode(row: dict[str, Any], uid: str) -> Example:
+        prompt = fmt.prompt(row, f)
+        gold = gold_fields(fmt, row, f)
+        if prompt_length is not None and max_prompt_tokens is not None:
+            tokens = prompt_length(prompt)
+            if tokens > max_prompt_tokens:
+                raise BadRow("prompt_too_long", f"prompt has {tokens} tokens > data.max_prompt_tokens="
+                                                f"{max_prompt_tokens}")
+        return Example(uid, prompt, gold)
+
+    return load_encoded(path, encode, on_bad_row=on_bad_row, quarantine=quarantine, split=split,
+                        id_fields=("id", "task_id", "unique_id"))
+
+
+def load_encoded(path: str | Path, encode: Callable[[dict[str, Any], str], T], *, on_bad_row: str = "error",
+                 quarantine: Optional[str | Path] = None, split: Optional[str] = None,
+                 id_fields: tuple[str, ...] = ("id",)) -> tuple[list[T], LoadReport]:
+    """``encode(row, uid)`` (an item with a ``uid``) of every row of ``path``; a ``BadRow`` is an error naming the file
+    and row, or (``on_bad_row="skip"``) counted per reason and quarantined. Uids: the first of ``id_fields`` the row
+    has, else ``<file stem>:<row>``, made unique (they key pass-rate tables and the sample ledger, and a step never
+    holds one row twice)."""
+    if on_bad_row not in ON_BAD_ROW:
+        raise DataError(f"data.on_bad_row must be one of {ON_BAD_ROW}, got {on_bad_row!r}")
     report = LoadReport(str(path))
-    examples, bad = [], []
+    items, bad, seen = [], [], set()
     stem = Path(path).name.split(".")[0]
-    seen: set[str] = set()
     for n, row in read_rows(path, split):
         report.rows += 1
         try:
@@ -230,17 +253,8 @@ def load_examples(
                 raise row
             if not isinstance(row, dict):
                 raise BadRow("not_an_object", f"row {n} is a {type(row).__name__}, not an object")
-            prompt = fmt.prompt(row, f)
-            gold = gold_fields(fmt, row, f)
-            if prompt_length is not None and max_prompt_tokens is not None:
-                tokens = prompt_length(prompt)
-                if tokens > max_prompt_tokens:
-                    raise BadRow("prompt_too_long", f"prompt has {tokens} tokens > data.max_prompt_tokens="
-                                                    f"{max_prompt_tokens}")
-            uid = str(row.get("id", row.get("task_id", row.get("unique_id", f"{stem}:{n}"))))
-            if uid in seen:
-                uid = f"{stem}:{n}"  # ids must be unique: they key pass-rate tables and the sample ledger
-            seen.add(uid)
+            uid = str(next((row[k] for k in id_fields if k in row), f"{stem}:{n}"))
+            item = encode(row, uid if uid not in seen else f"{stem}:{n}")
         except BadRow as e:
             if on_bad_row == "error":
                 raise DataError(f"{path}, row {n}: {e} (data.on_bad_row=skip skips such rows and counts them)") from None
@@ -248,16 +262,17 @@ def load_examples(
             bad.append({"row": n, "reason": e.reason, "message": str(e),
                         "data": row if isinstance(row, dict) else repr(row)[:500]})
             continue
-        examples.append(Example(uid, prompt, gold))
-    report.kept = len(examples)
+        seen.add(item.uid)
+        items.append(item)
+    report.kept = len(items)
     write_quarantine(bad, quarantine)
     if report.skipped:
         log.warning("data %s (quarantined to %s)", report.summary(), quarantine)
     else:
         log.info("data %s", report.summary())
-    if not examples:
+    if not items:
         raise DataError(f"no usable rows: {report.summary()}")
-    return examples, report
+    return items, report
 
 
 def write_quarantine(bad: list[dict[str, Any]], quarantine: Optional[str | Path]) -> None:

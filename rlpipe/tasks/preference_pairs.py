@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-from rlpipe.tasks.conversations import ChatEncoder, load_encoded
-from rlpipe.tasks.datasets import BadRow, LoadReport
+from rlpipe.tasks.conversations import ChatEncoder
+from rlpipe.tasks.datasets import BadRow, LoadReport, load_encoded
 
 REJECTION_RULES = ("wrong", "longer", "wrong_or_longer")  # prefer.rejected
 
