@@ -137,9 +137,18 @@ class DeepSpeedBackend:
     def shutdown(self) -> None:
         """Destroy the process group through DeepSpeed, which also drops the groups it cached: a later DeepSpeed
         engine in this process (tests, local mode) would otherwise use groups of the destroyed one."""
+        import gc
+
         import deepspeed.comm
         from deepspeed.utils import groups
 
+        # Free the engine (its ZeRO optimizer, hooks and gloo work handles) while the interpreter is fully alive: left
+        # to interpreter exit, a gloo worker thread freeing tensors there can abort the process (SIGABRT, "terminate
+        # called without an active exception", seen once in CI on ZeRO-2).
+        if self.engine is not None:
+            self.engine.destroy()
+        self.engine = self.module = self.optimizer = None
+        gc.collect()
         if dist.is_initialized():
             deepspeed.comm.destroy_process_group()
         # DeepSpeed caches a clone of the world group at module level; a later engine would use the destroyed one.
