@@ -149,7 +149,7 @@ def parity(args) -> dict:
     # A large step, so a stale engine would be caught.
     worker = make_worker(model, "float32", micro=16, lr=1e-2, backend=args.backend, zero_stage=args.zero_stage)
     engine = HFEngine(str(model))
-    sampling = SamplingSettings(temperature=1.0, top_p=1.0, max_response_tokens=48)
+    sampling = SamplingSettings.unforced(temperature=1.0, top_p=1.0, max_response_tokens=48)
     tok = engine.tokenizer
     prompts = [tok(f"{a} + {b} =")["input_ids"] for a, b in [(12, 7), (30, 4), (25, 9), (18, 3)]]
     reqs = [GenerationRequest(f"p{i}", tuple(p), 4, seed=i) for i, p in enumerate(prompts)]

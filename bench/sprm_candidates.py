@@ -34,7 +34,7 @@ def _sample(model_path: str, questions, n: int, seed: int):
                                        add_generation_prompt=True)
         reqs.append(GenerationRequest(q.uid, tuple(tok(text, add_special_tokens=False).input_ids), n,
                                       seed * 100_000 + i))
-    completions = eng.generate(reqs, SamplingSettings(temperature=1.0, top_p=1.0, max_response_tokens=64))
+    completions = eng.generate(reqs, SamplingSettings.unforced(temperature=1.0, top_p=1.0, max_response_tokens=64))
     prompt = {r.request_id: list(r.prompt_ids) for r in reqs}
     gold = {q.uid: q.answer for q in questions}
     return [dict(prompt=prompt[c.request_id], resp=c.response_ids, text=c.text,

@@ -71,6 +71,17 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                                   torch.tensor([v is not None and v.kind == VerdictKind.PARSE_FAIL for v in verdicts]))
             out = session.learner.prepare(candidates, torch.ones(len(completions), dtype=torch.bool))
             scores, head_seconds = out["sprm_scores"], float(out["head_seconds"].sum())
+        mode_rows = None
+        if any(p.mode != "none" for p in heldout) or e.thinking_budgets:
+            from transformers import AutoTokenizer
+
+            from rlpipe.driver.mode_eval import mode_budget_rows
+            from rlpipe.rollout.budget import ThinkTokens
+
+            think = ThinkTokens.of(AutoTokenizer.from_pretrained(model_path))
+            if e.thinking_budgets and think is None:
+                log.warning("eval.thinking_budgets: the model has no <think> / </think> tokens; no budget sweep")
+            mode_rows = mode_budget_rows(cfg, session, tokenize, heldout, think)
 
     q = len(heldout)
     correct = correct_flat.view(q, n)
@@ -97,13 +108,19 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         result["head_auroc"] = auroc(scores, correct.flatten())
         result["head_auroc_within_question"] = within_question_auroc(s, correct)
         result["head_ms_per_candidate"] = 1000 * head_seconds / len(completions)
+    if mode_rows is not None:
+        result["by_mode_and_budget"] = mode_rows
     result["wall_seconds"] = round(time.time() - start, 1)
     out_dir = Path(e.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=2))
     _plot(result, out_dir / "eval.png")
+    if mode_rows is not None:
+        from rlpipe.driver.mode_eval import plot_modes
+
+        plot_modes(mode_rows, out_dir / "modes.png")
     print(format_table(result), flush=True)
-    print(f"outputs: {out_dir.resolve()}/ (eval.json, eval.png)")
+    print(f"outputs: {out_dir.resolve()}/ (eval.json, eval.png{', modes.png' if mode_rows is not None else ''})")
     return result
 
 
@@ -139,6 +156,12 @@ def format_table(r: dict[str, Any]) -> str:
                      f"forward pass")
     for b, v in r["accuracy_by_budget"].items():
         lines.append(f"  accuracy within {b:>5} tokens {100 * v:6.1f}%")
+    if "by_mode_and_budget" in r:
+        from rlpipe.driver.mode_eval import format_mode_table
+
+        lines.append("by mode and thinking budget (reasoning: sampled; non-reasoning: greedy; budgets forced in the "
+                     "engine):")
+        lines.append(format_mode_table(r["by_mode_and_budget"]))
     return "\n".join(lines)
 
 

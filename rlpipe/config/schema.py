@@ -133,6 +133,15 @@ class DataConfig(Section):
     on_bad_row: str = _help("A bad row in a data file: error (stop, naming it) | skip (count it per reason and write "
                             "it to the quarantine file).", "error")
     quarantine_file: Optional[str] = _help("Where skipped rows go (default: <output_dir>/quarantine.jsonl).", None)
+    mode: str = _help("Reasoning modes (docs/modes.md): none (the task as it is, no chat-template switch) | reasoning "
+                      "(think in <think>...</think>, answer after it) | non_reasoning (answer at once; a think block "
+                      "is a format failure) | mixed (both, by data.reasoning_ratio). Passed to the chat template as "
+                      "enable_thinking (Qwen3 / EXAONE 4.0).", "none")
+    reasoning_ratio: float = _help("data.mode=mixed: reasoning : non-reasoning tokens in the SFT data (EXAONE 4.0 "
+                                   "used 1.5); RL and evaluation alternate the modes by prompt.", 1.5)
+    operations: list[int] = _help("Arithmetic task: the number of operations a problem has is drawn from this list "
+                                  "(graded difficulty for calibration: [1, 2, 3, 4]).",
+                                  default_factory=lambda: [2, 3])
 
 
 @dataclass
@@ -176,6 +185,10 @@ class AlgorithmConfig(Section):
         "before rollout.max_response_tokens (0 = off).", 0)
     overlong_penalty: float = _help("Size of the overlong penalty at the length limit.", 1.0)
     mask_truncated: bool = _help("DAPO overlong filtering: truncated responses get no loss.", False)
+    length_penalty_weight: float = _help(
+        "Calibration (docs/modes.md): Kimi k1.5's group-relative length reward added to each sample's reward, times "
+        "this weight: within a prompt's group the shortest sample gets +0.5, the longest -0.5 (wrong samples never "
+        "above 0). 0 = off.", 0.0)
     old_logprobs: str = _help(
         "Where PPO's old logprobs come from: recompute (a no-grad forward of the current policy over the batch) | "
         "rollout (the engine's own sampled-token logprobs: saves that forward; exact only when engine and learner "
@@ -201,6 +214,12 @@ class RolloutConfig(Section):
     temperature: float = _help("Sampling temperature for training rollouts.", 1.0)
     top_p: float = _help("Nucleus sampling for training rollouts.", 1.0)
     max_response_tokens: int = _help("Generation limit per response; hitting it gives finish_reason=length.", 64)
+    thinking_budget_tokens: Optional[int] = _help(
+        "Budget forcing (docs/modes.md): a <think> thought that reaches this many tokens is closed by the engine "
+        "itself (</think>), and the model answers within rollout.answer_budget_tokens more. Null: no forcing. Needs "
+        "<think> / </think> as single tokens.", None)
+    answer_budget_tokens: int = _help("With budget forcing: the most tokens after the thinking budget (the closing "
+                                      "tag included); a response has at most thinking + answer budget tokens.", 16)
     kv_cache_bytes: int = _help("vLLM KV-cache size in bytes on CPU (vLLM checks host memory otherwise).", 256 << 20)
     gpu_memory_utilization: float = _help("vLLM GPU memory fraction (GPU only).", 0.5)
     enforce_eager: bool = _help("Skip vLLM graph capture / compilation (warm-up costs more than it saves here).", True)
@@ -327,6 +346,11 @@ class EvalConfig(Section):
     budgets: list[int] = _help("Generation budgets (max response tokens) for accuracy against budget; empty: "
                                "rollout.max_response_tokens only.", default_factory=list)
     output_dir: str = _help("Where `python -m rlpipe.eval` writes eval.json and eval.png.", "outputs/eval")
+    thinking_budgets: list[int] = _help("Budget-forcing sweep (EXAONE 4.0's table): each budget is generated with "
+                                        "forced stops (rollout.thinking_budget_tokens) and reported per mode; "
+                                        "empty: no sweep.", default_factory=list)
+    reasoning_temperature: float = _help("Reasoning-mode sampling in evaluation (EXAONE 4.0: 0.6).", 0.6)
+    reasoning_top_p: float = _help("Reasoning-mode nucleus in evaluation (EXAONE 4.0: 0.95).", 0.95)
 
 
 @dataclass

@@ -80,6 +80,7 @@ def _model(cfg: Config) -> list[str]:
 def _data(cfg: Config) -> list[str]:
     from rlpipe.driver.prompts import SAMPLERS
     from rlpipe.tasks.datasets import FORMATS, ON_BAD_ROW
+    from rlpipe.tasks.modes import DATA_MODES
 
     d = cfg.data
     errors = _choice("data.task", d.task, ["arithmetic", "file"])
@@ -101,6 +102,11 @@ def _data(cfg: Config) -> list[str]:
         errors.append(f"data.curriculum_ema must be in (0, 1] (got {d.curriculum_ema})")
     errors += _existing("data.pass_rate_table", d.pass_rate_table)
     errors += _choice("data.on_bad_row", d.on_bad_row, ON_BAD_ROW)
+    errors += _choice("data.mode", d.mode, DATA_MODES)
+    if d.reasoning_ratio < 0:
+        errors.append(f"data.reasoning_ratio must be >= 0 (got {d.reasoning_ratio})")
+    if not d.operations or any(not isinstance(k, int) or not 1 <= k <= 8 for k in d.operations):
+        errors.append(f"data.operations must be a non-empty list of operation counts in 1..8 (got {d.operations})")
     for key, value in d.fields.items():
         if not isinstance(value, str) or not value:
             errors.append(f"data.fields.{key} must name a field of the data file (got {value!r})")
@@ -184,6 +190,12 @@ def _rollout(cfg: Config) -> list[str]:
     r = cfg.rollout
     errors = _choice("rollout.engine", r.engine, ENGINES)
     errors += _at_least("rollout.num_engines", r.num_engines, 1)
+    if r.thinking_budget_tokens is not None:
+        errors += _at_least("rollout.thinking_budget_tokens", r.thinking_budget_tokens, 0)
+    errors += _at_least("rollout.answer_budget_tokens", r.answer_budget_tokens, 1)
+    for b in cfg.eval.thinking_budgets:
+        if not isinstance(b, int) or b < 0:
+            errors.append(f"eval.thinking_budgets must hold token counts >= 0 (got {b!r})")
     if r.samples_per_prompt < 2:
         errors.append(f"rollout.samples_per_prompt must be >= 2 (got {r.samples_per_prompt}): advantages are "
                       f"relative to the other samples of the same prompt")

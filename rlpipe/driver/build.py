@@ -6,6 +6,7 @@ from rlpipe.config.schema import Config
 from rlpipe.driver.collect import CollectSettings
 from rlpipe.driver.resets import ResetPolicy
 from rlpipe.driver.trainer import StepSettings
+from rlpipe.errors import UserError
 from rlpipe.learner.objective import ObjectiveSettings
 from rlpipe.learner.rank import CorrectionSettings, OptimizerSettings
 from rlpipe.rollout.types import SamplingSettings
@@ -43,7 +44,8 @@ def correction_settings(cfg: Config) -> CorrectionSettings:
 
 def sampling_settings(cfg: Config) -> SamplingSettings:
     r = cfg.rollout
-    return SamplingSettings(temperature=r.temperature, top_p=r.top_p, max_response_tokens=r.max_response_tokens)
+    return SamplingSettings(temperature=r.temperature, top_p=r.top_p, max_response_tokens=r.max_response_tokens,
+                            thinking_budget_tokens=r.thinking_budget_tokens, answer_budget_tokens=r.answer_budget_tokens)
 
 
 def collect_settings(cfg: Config) -> CollectSettings:
@@ -57,6 +59,7 @@ def collect_settings(cfg: Config) -> CollectSettings:
         max_generation_rounds=a.max_generation_rounds,
         overlong_buffer_tokens=a.overlong_buffer_tokens,
         overlong_penalty=a.overlong_penalty,
+        length_penalty_weight=a.length_penalty_weight,
         max_staleness_steps=cfg.trainer.max_staleness_steps,
     )
 
@@ -137,5 +140,10 @@ def model_dir(cfg: Config) -> str:
     from rlpipe.models.warmstart import warmstart
 
     t = cfg.model.tiny
+    if cfg.data.mode != "none" and t.warmstart_steps > 0:
+        raise UserError(f"data.mode={cfg.data.mode} needs a model that knows the modes: the tiny warm-start teaches "
+                        f"the task without them. Train one with `rlpipe sft data.mode={cfg.data.mode}` and give its "
+                        f"final_model as model.path (docs/modes.md)")
     return str(warmstart(size=t.size, steps=t.warmstart_steps, lr=t.warmstart_lr, batch_size=t.warmstart_batch_size,
-                         seed=t.seed, slip_rate=t.teacher_slip_rate, cache_dir=t.cache_dir))
+                         seed=t.seed, slip_rate=t.teacher_slip_rate, cache_dir=t.cache_dir,
+                         think_tokens=cfg.data.mode != "none"))

@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from rlpipe.algos.length_shaping import group_length_penalty
 from rlpipe.algos.shaping import overlong_penalty, zero_variance_group_mask
 from rlpipe.driver.clients import PendingGeneration, RolloutClient, VerifierClient
 from rlpipe.driver.prompts import PromptItem, PromptSource, make_requests
@@ -32,6 +33,7 @@ class CollectSettings:
     overlong_buffer_tokens: int
     overlong_penalty: float
     max_staleness_steps: int  # 0: generate each step's samples at its start; k: up to k steps ahead
+    length_penalty_weight: float  # Kimi k1.5 group length reward (0 = off)
 
 
 @dataclass
@@ -203,7 +205,8 @@ class Collector:
 
     def verify(self, prompts: Sequence[PromptItem], requests: Sequence[GenerationRequest],
                completions: Sequence[Completion], counts: Counter) -> Rollouts:
-        """Score, drop infra failures (counted), add the overlong penalty, feed pass rates to the prompt source."""
+        """Score, drop infra failures (counted), add the overlong and length penalties, feed pass rates to the prompt
+        source."""
         by_uid = {p.uid: i for i, p in enumerate(prompts)}
         verdicts, c = self.verifiers.score([(x.text, prompts[by_uid[x.request_id]].gold) for x in completions])
         counts.update(c)
@@ -216,6 +219,9 @@ class Collector:
                 lengths, self.s.sampling.max_response_tokens, self.s.overlong_buffer_tokens)
         correct = torch.tensor([v.kind == VerdictKind.CORRECT for _, v in pairs], dtype=torch.bool)
         group_index = torch.tensor([by_uid[x.request_id] for x in kept], dtype=torch.long)
+        if self.s.length_penalty_weight:
+            lengths = torch.tensor([len(x.response_ids) for x in kept])
+            rewards = rewards + group_length_penalty(lengths, correct, group_index, self.s.length_penalty_weight)
         parse_failed = torch.tensor([v.kind == VerdictKind.PARSE_FAIL for _, v in pairs], dtype=torch.bool)
         self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})
         return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index, parse_failed)

@@ -18,6 +18,7 @@ import torch
 from rlpipe.config.schema import DataConfig
 from rlpipe.errors import UserError
 from rlpipe.rollout.types import GenerationRequest
+from rlpipe.tasks.modes import template_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,35 @@ SAMPLERS = ("sequential", "curriculum")  # data.sampler
 class PromptItem:
     uid: str
     messages: tuple[dict[str, str], ...]
-    gold: dict[str, Any] = field(hash=False)
+    gold: dict[str, Any] = field(hash=False)  # with "mode" when the prompt has one (the verifier's mode rules)
+
+    @property
+    def mode(self) -> str:
+        """rlpipe.tasks.modes.MODES: the chat-template switch the prompt is rendered with."""
+        return self.gold.get("mode", "none")
+
+
+def with_mode(item: PromptItem, mode: str, tag_uid: bool = False) -> PromptItem:
+    """``item`` asked in ``mode`` (none: unchanged); ``tag_uid`` appends the mode to the uid (one prompt asked in
+    both modes, as held-out evaluation does in mixed mode)."""
+    if mode == "none":
+        return item
+    return PromptItem(f"{item.uid}@{mode}" if tag_uid else item.uid, item.messages, {**item.gold, "mode": mode})
+
+
+def training_mode(data_mode: str, uid: str) -> str:
+    """A training prompt's mode: data.mode, or in mixed mode one of the two by the uid (a stable coin: the same
+    prompt always gets the same mode, also after a resume)."""
+    if data_mode != "mixed":
+        return data_mode
+    return "reasoning" if request_seed("mode", uid) % 2 == 0 else "non_reasoning"
+
+
+def heldout_modes(items: Sequence[PromptItem], data_mode: str) -> list[PromptItem]:
+    """Held-out items in data.mode; in mixed mode every problem twice, once per mode (uids tagged with the mode)."""
+    if data_mode != "mixed":
+        return [with_mode(p, data_mode) for p in items]
+    return [with_mode(p, m, tag_uid=True) for m in ("reasoning", "non_reasoning") for p in items]
 
 
 class PromptSource(Protocol):
@@ -50,13 +79,16 @@ class PromptSource(Protocol):
 class ArithmeticStream:
     """Fresh synthetic problems, never from the held-out set; the cursor makes a resumed run see the same ones."""
 
-    def __init__(self, seed: int, heldout_questions: set[str]):
+    def __init__(self, seed: int, heldout_questions: set[str], operations: Sequence[int] = (2, 3),
+                 mode: str = "none"):
         from rlpipe.tasks.arithmetic import TrainStream
 
-        self.stream = TrainStream(seed=seed, exclude=heldout_questions)
+        self.stream = TrainStream(seed=seed, exclude=heldout_questions, operations=tuple(operations))
+        self.mode = mode
 
     def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
-        return [arithmetic_item(self.stream.next()) for _ in range(n)]  # uids never repeat
+        items = [arithmetic_item(self.stream.next()) for _ in range(n)]  # uids never repeat
+        return [with_mode(p, training_mode(self.mode, p.uid)) for p in items]
 
     def observe(self, correct_by_uid: dict[str, list[bool]]) -> None:
         pass
@@ -215,8 +247,15 @@ def read_pass_rates(path: str) -> tuple[dict[str, Any], dict[str, float]]:
 
 def training_pool(data: DataConfig, heldout_questions: set[str]) -> list[PromptItem]:
     """The first ``data.pool_size`` training problems (never held-out ones)."""
-    stream = ArithmeticStream(data.seed, heldout_questions)
+    stream = ArithmeticStream(data.seed, heldout_questions, data.operations, data.mode)
     return stream.next_batch(data.pool_size)
+
+
+def arithmetic_heldout(data: DataConfig):
+    """The arithmetic task's held-out problems (rlpipe.tasks.arithmetic.Problem)."""
+    from rlpipe.tasks.arithmetic import heldout_set
+
+    return heldout_set(n=data.heldout_size, seed=data.seed + 1, operations=tuple(data.operations))
 
 
 def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]] = None,
@@ -227,11 +266,12 @@ def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]
     ``quarantine`` is where skipped rows are written (``data.quarantine_file`` overrides it).
     """
     if data.task == "arithmetic" and data.pool_size == 0:
-        from rlpipe.tasks.arithmetic import heldout_set
-
-        heldout = heldout_set(n=data.heldout_size, seed=data.seed + 1)
-        return ArithmeticStream(data.seed, {p.question for p in heldout}), [arithmetic_item(p) for p in heldout]
+        heldout = arithmetic_heldout(data)
+        return (ArithmeticStream(data.seed, {p.question for p in heldout}, data.operations, data.mode),
+                heldout_modes([arithmetic_item(p) for p in heldout], data.mode))
     pool, heldout_items = prompt_pool(data, prompt_length, quarantine)
+    pool = [with_mode(p, training_mode(data.mode, p.uid)) for p in pool]
+    heldout_items = heldout_modes(heldout_items, data.mode)
     if data.pass_rate_table:
         meta, rates = read_pass_rates(data.pass_rate_table)
         missing = [p.uid for p in pool if p.uid not in rates]
@@ -253,9 +293,7 @@ def prompt_pool(data: DataConfig, prompt_length: Optional[Callable[[str], int]] 
     """(fixed training pool, held-out items): ``data.pool_size`` synthetic problems, or the rows of a data file."""
     if data.task == "file":
         return file_prompts(data, prompt_length, quarantine)
-    from rlpipe.tasks.arithmetic import heldout_set
-
-    heldout = heldout_set(n=data.heldout_size, seed=data.seed + 1)
+    heldout = arithmetic_heldout(data)
     return training_pool(data, {p.question for p in heldout}), [arithmetic_item(p) for p in heldout]
 
 
@@ -306,7 +344,8 @@ def chat_tokenizer(model_path: str, max_prompt_tokens: int) -> tuple[Callable[[P
     tokenizer = AutoTokenizer.from_pretrained(model_path)
 
     def tokenize(item: PromptItem) -> list[int]:
-        text = tokenizer.apply_chat_template(list(item.messages), add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(list(item.messages), add_generation_prompt=True, tokenize=False,
+                                             **template_kwargs(item.mode))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > max_prompt_tokens:
             raise UserError(f"prompt {item.uid} has {len(ids)} tokens > data.max_prompt_tokens={max_prompt_tokens}")

@@ -26,7 +26,7 @@ from rlpipe.driver.inputs import check_model_dir, load_prompts
 from rlpipe.driver.prompts import ShuffledPool
 from rlpipe.driver.session import LearnerSpec, Session
 from rlpipe.driver.stage_loop import accuracy_eval, run_stage_command
-from rlpipe.tasks.conversations import SupervisedExample, load_supervised, write_rows
+from rlpipe.tasks.conversations import ChatEncoder, SupervisedExample, load_supervised, write_rows
 
 log = logging.getLogger("rlpipe")
 
@@ -38,7 +38,8 @@ def start_model_dir(cfg: Config) -> str:
     from rlpipe.models.warmstart import warmstart
 
     t = cfg.model.tiny
-    return str(warmstart(size=t.size, steps=0, seed=t.seed, cache_dir=t.cache_dir))
+    return str(warmstart(size=t.size, steps=0, seed=t.seed, cache_dir=t.cache_dir,
+                         think_tokens=cfg.data.mode != "none"))
 
 
 def supervised_data(cfg: Config, tokenizer, run_dir: Path) -> tuple[list[SupervisedExample], list[SupervisedExample]]:
@@ -50,17 +51,21 @@ def supervised_data(cfg: Config, tokenizer, run_dir: Path) -> tuple[list[Supervi
                    quarantine=d.quarantine_file or run_dir / "quarantine.jsonl")
     train_file, heldout_file = f.train_file, f.heldout_file
     if train_file is None:
-        from rlpipe.tasks.arithmetic import heldout_set, teacher_rows_for, teacher_traces
+        from rlpipe.driver.prompts import arithmetic_heldout, training_mode
+        from rlpipe.tasks.arithmetic import teacher_rows_for, teacher_traces
 
-        slip = cfg.model.tiny.teacher_slip_rate
-        problems = heldout_set(n=d.heldout_size, seed=d.seed + 1)
+        slip, seed = cfg.model.tiny.teacher_slip_rate, cfg.model.tiny.seed
+        encoder = ChatEncoder(tokenizer)  # mixed mode counts trained tokens per mode
+        problems = arithmetic_heldout(d)
         train_file = run_dir / "teacher_traces.jsonl"
-        write_rows(train_file, teacher_traces(f.teacher_rows, cfg.model.tiny.seed, slip,
-                                              exclude=[p.question for p in problems],
-                                              recheck_rate=f.teacher_recheck_rate))
+        write_rows(train_file, teacher_traces(
+            f.teacher_rows, seed, slip, exclude=[p.question for p in problems], recheck_rate=f.teacher_recheck_rate,
+            operations=tuple(d.operations), mode=d.mode, reasoning_ratio=d.reasoning_ratio,
+            count_tokens=lambda row: encoder.encode(row, "").loss_tokens))
         if heldout_file is None:
             heldout_file = run_dir / "teacher_traces_heldout.jsonl"
-            write_rows(heldout_file, teacher_rows_for(problems, slip, cfg.model.tiny.seed, f.teacher_recheck_rate))
+            write_rows(heldout_file, [row for p in problems for row in teacher_rows_for(
+                [p], slip, seed, f.teacher_recheck_rate, training_mode(d.mode, p.uid))])
     train, _ = load_supervised(train_file, tokenizer, **options)
     if heldout_file is not None:
         heldout, _ = load_supervised(heldout_file, tokenizer, **options)

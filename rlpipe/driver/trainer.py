@@ -16,6 +16,8 @@ import torch
 
 from rlpipe.algos.advantages import compute_advantages
 from rlpipe.algos.kl import kl_in_reward
+from rlpipe.algos.length_shaping import (DIFFICULTY_EDGES, DIFFICULTY_NAMES, difficulty_bin, group_pass_rate,
+                                         mean_tokens_by_bin)
 from rlpipe.algos.metrics import auroc, grouped_auroc
 from rlpipe.driver.clients import LearnerClient, RolloutClient, VerifierClient
 from rlpipe.driver.collect import Collector, Rollouts
@@ -124,16 +126,27 @@ def heldout_accuracy(rollout: RolloutClient, verifiers: VerifierClient, tokenize
                      heldout: Sequence[PromptItem], max_response_tokens: int) -> dict[str, float]:
     """Greedy accuracy on the held-out set (one sample per problem, temperature 0)."""
     requests = make_requests(heldout, tokenize, 1, "greedy")
-    completions = rollout.generate(requests, SamplingSettings(temperature=0.0, top_p=1.0,
-                                                              max_response_tokens=max_response_tokens))
+    completions = rollout.generate(requests, SamplingSettings.unforced(temperature=0.0, top_p=1.0,
+                                                                       max_response_tokens=max_response_tokens))
     verdicts, _ = verifiers.score([(c.text, p.gold) for c, p in zip(completions, heldout)])
+    metrics = _accuracy_metrics("eval/", verdicts, completions, len(heldout))
+    for mode in sorted({p.mode for p in heldout} - {"none"}):  # each mode's own accuracy, length and format
+        mine = [i for i, p in enumerate(heldout) if p.mode == mode]
+        metrics.update(_accuracy_metrics(f"eval/{mode}/", [verdicts[i] for i in mine],
+                                         [completions[i] for i in mine], len(mine)))
+    return metrics
+
+
+def _accuracy_metrics(prefix: str, verdicts, completions, asked: int) -> dict[str, float]:
+    """Accuracy and format rate over the scored verdicts (a mode's format: its rules held, rlpipe.tasks.modes)."""
     scored = [v for v in verdicts if v is not None]
     n = max(1, len(scored))
     return {
-        "eval/accuracy": sum(v.kind == VerdictKind.CORRECT for v in scored) / n,
-        "eval/format_rate": sum(v.kind != VerdictKind.PARSE_FAIL for v in scored) / n,
-        "eval/unscored": float(len(heldout) - len(scored)),
-        "eval/response_len": sum(len(c.response_ids) for c in completions) / max(1, len(completions)),
+        f"{prefix}accuracy": sum(v.kind == VerdictKind.CORRECT for v in scored) / n,
+        f"{prefix}format_rate": sum(v.details.get("format_followed", v.kind != VerdictKind.PARSE_FAIL)
+                                    for v in scored) / n,
+        f"{prefix}unscored": float(asked - len(scored)),
+        f"{prefix}response_len": sum(len(c.response_ids) for c in completions) / max(1, len(completions)),
     }
 
 
@@ -146,7 +159,17 @@ def rollout_metrics(rollouts: Rollouts) -> dict[str, float]:
         "rollout/truncated_frac": sum(c.finish_reason == "length" for c in rollouts.completions) / len(lengths),
         "rollout/num_samples": float(len(lengths)),
         "rollout/generated_tokens": float(lengths.sum()),
+        **tokens_by_difficulty("calibration/", lengths, rollouts.correct, rollouts.group_index),
     }
+
+
+def tokens_by_difficulty(prefix: str, lengths: torch.Tensor, correct: torch.Tensor,
+                         group_index: torch.Tensor) -> dict[str, float]:
+    """The overthinking metric: mean response tokens by the policy's pass rate on the prompt (its group's share of
+    correct samples), one entry per non-empty bin of rlpipe.algos.length_shaping.DIFFICULTY_EDGES."""
+    bins = difficulty_bin(group_pass_rate(correct, group_index), DIFFICULTY_EDGES)
+    mean, count = mean_tokens_by_bin(lengths, bins, len(DIFFICULTY_NAMES))
+    return {f"{prefix}tokens_{name}": float(m) for name, m, c in zip(DIFFICULTY_NAMES, mean, count) if c > 0}
 
 
 def offpolicy_metrics(prepared: dict[str, torch.Tensor], loss_mask: torch.Tensor,

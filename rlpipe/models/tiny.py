@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Iterable
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# ChatML. ``enable_thinking`` (the Qwen3 / EXAONE 4.0 switch, rlpipe.tasks.modes) opens the thought in the generation
+# prompt, as EXAONE 4.0 does; without the argument (a task without modes) nothing changes.
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking %}<think>\n{% endif %}{% endif %}"
 )
+# Added (not special) tokens, as in Qwen3: one id each, and kept when a response is decoded, so verifiers see them.
+THINK_TOKENS = ["<think>", "</think>"]
 
 SIZES = {
     # ~0.9M parameters: learns the default task in about two minutes on 2 CPU cores.
@@ -42,7 +47,7 @@ def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
     return texts
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512):
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512, think_tokens: bool = False):
     """Byte-level BPE; digits are always single tokens (so arithmetic is done digit by digit, not memorised)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -58,11 +63,15 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    model_max_length=2048)
     fast.chat_template = CHAT_TEMPLATE
+    if think_tokens:
+        fast.add_tokens(THINK_TOKENS)
     return fast
 
 
-def build_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny", vocab_size: int = 512) -> Path:
-    """Write a randomly initialised tiny Qwen2 model + tokenizer to ``out_dir``; returns the path."""
+def build_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny", vocab_size: int = 512,
+                     think_tokens: bool = False) -> Path:
+    """Write a randomly initialised tiny Qwen2 model + tokenizer to ``out_dir``; returns the path. ``think_tokens``
+    adds ``<think>`` / ``</think>`` (tasks with modes); without them the default job's model is unchanged."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -70,7 +79,7 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny", 
         raise ValueError(f"unknown tiny model size {size!r}; valid: {', '.join(SIZES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(tokenizer_corpus(seed), vocab_size)
+    tokenizer = train_tokenizer(tokenizer_corpus(seed), vocab_size, think_tokens)
     tokenizer.save_pretrained(out)
     eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(

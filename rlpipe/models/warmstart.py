@@ -47,10 +47,14 @@ def warmstart(
     seed: int = 0,
     slip_rate: float = 0.6,
     cache_dir: Optional[str] = None,
+    think_tokens: bool = False,
 ) -> Path:
-    """Build + supervise the tiny model (or return the cached result). Returns the HF model directory."""
+    """Build + supervise the tiny model (or return the cached result). Returns the HF model directory.
+    ``think_tokens``: the tokenizer has ``<think>`` / ``</think>`` (tasks with modes)."""
     settings = dict(size=size, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate,
                     version=VERSION, **numerics())
+    if think_tokens:  # only then part of the key: the caches of models without them stay valid
+        settings["think_tokens"] = True
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / f"{size}-{key}"
@@ -63,7 +67,7 @@ def warmstart(
     start = time.time()
     from rlpipe.models.tiny import build_tiny_model
 
-    build_tiny_model(tmp, seed=seed, size=size)
+    build_tiny_model(tmp, seed=seed, size=size, think_tokens=think_tokens)
     # warmstart_steps=0: the randomly initialised model as it is (the generation-heavy benchmark uses one).
     final_loss = (_supervise(tmp, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate)
                   if steps > 0 else float("nan"))

@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from rlpipe.rollout.budget import ThinkingBudgetProcessor, ThinkTokens, prompt_thought, zero_forced_logprob
 from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
 
 
@@ -20,21 +21,35 @@ class HFEngine:
         self.model.eval()
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.think = ThinkTokens.of(self.tokenizer)
+
+    def _budget(self, req: GenerationRequest, sampling: SamplingSettings) -> list:
+        """The logits processors that force budget ends (none without a budget)."""
+        if sampling.thinking_budget_tokens is None:
+            return []
+        if self.think is None:
+            raise ValueError("rollout.thinking_budget_tokens needs <think> and </think> as single tokens of the "
+                             "model's tokenizer")
+        return [ThinkingBudgetProcessor(self.think, sampling.thinking_budget_tokens, len(req.prompt_ids),
+                                        prompt_thought(req.prompt_ids, self.think))]
 
     @torch.no_grad()
     def _generate_one(self, req: GenerationRequest, sampling: SamplingSettings) -> list[Completion]:
         # One request at a time with its own generator seed: results do not depend on batching.
+        from transformers import LogitsProcessorList
+
         torch.manual_seed(req.seed)
         greedy = sampling.temperature <= 0
         input_ids = torch.tensor([list(req.prompt_ids)] * req.num_samples, device=self.device)
         out = self.model.generate(
+            logits_processor=LogitsProcessorList(self._budget(req, sampling)),
             input_ids=input_ids,
             attention_mask=torch.ones_like(input_ids),
             do_sample=not greedy,
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
             top_k=None,
-            max_new_tokens=sampling.max_response_tokens,
+            max_new_tokens=sampling.response_limit,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
             output_logits=True,
@@ -42,7 +57,7 @@ class HFEngine:
         )
         prompt_len = input_ids.shape[1]
         new_tokens = out.sequences[:, prompt_len:]  # [G, T']
-        logits = torch.stack(out.logits, dim=1).float()  # [G, T', V] raw logits
+        logits = torch.stack(out.logits, dim=1).float()  # [G, T', V]
         if not greedy:
             logits = logits / sampling.temperature
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.unsqueeze(-1)).squeeze(-1)
@@ -52,12 +67,16 @@ class HFEngine:
             stopped = self.eos_id in ids
             length = ids.index(self.eos_id) + 1 if stopped else len(ids)
             ids = ids[:length]
+            sampled = array("f", logprobs[k, :length].tolist())
+            if sampling.thinking_budget_tokens is not None:
+                zero_forced_logprob(ids, sampled, self.think, prompt_thought(req.prompt_ids, self.think),
+                                    sampling.thinking_budget_tokens)
             completions.append(
                 Completion(
                     request_id=req.request_id,
                     sample_index=k,
                     response_ids=ids,
-                    logprobs=array("f", logprobs[k, :length].tolist()),
+                    logprobs=sampled,
                     finish_reason="stop" if stopped else "length",
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 )

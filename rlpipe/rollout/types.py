@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import torch
 
@@ -13,6 +13,22 @@ class SamplingSettings:
     temperature: float  # 0 = greedy
     top_p: float
     max_response_tokens: int
+    # Budget forcing (rlpipe.rollout.budget): a thought that reaches this many tokens is closed by the engine, and the
+    # response then ends within answer_budget_tokens more (the closing tag included). None: no forcing.
+    thinking_budget_tokens: Optional[int]
+    answer_budget_tokens: int
+
+    @classmethod
+    def unforced(cls, temperature: float, top_p: float, max_response_tokens: int) -> "SamplingSettings":
+        """Sampling without budget forcing (held-out accuracy, scripts, tests)."""
+        return cls(temperature, top_p, max_response_tokens, thinking_budget_tokens=None, answer_budget_tokens=0)
+
+    @property
+    def response_limit(self) -> int:
+        """The most tokens a response may have: the generation limit, or the budgets when forcing is on."""
+        if self.thinking_budget_tokens is None:
+            return self.max_response_tokens
+        return min(self.max_response_tokens, self.thinking_budget_tokens + self.answer_budget_tokens)
 
 
 @dataclass(frozen=True)

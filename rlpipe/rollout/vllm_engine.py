@@ -83,6 +83,12 @@ class VLLMEngine:
         # An engine alone in its process (a Ray actor, a script) creates the default process group itself; one that
         # shares the process with a learner (local mode) joins the learner's. Whoever created it destroys it.
         self._owns_default_group = not torch.distributed.is_initialized()
+        self.think = _think_tokens(model_path)
+        if self.think is not None:
+            # vLLM's own budget forcing (SamplingParams.thinking_token_budget) needs the think tags configured.
+            from vllm.config.reasoning import ReasoningConfig
+
+            kwargs["reasoning_config"] = ReasoningConfig(reasoning_start_str="<think>", reasoning_end_str="</think>")
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         _quiet_weight_reload_logs()
@@ -91,6 +97,10 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        budget = sampling.thinking_budget_tokens
+        if budget is not None and self.think is None:
+            raise ValueError("rollout.thinking_budget_tokens needs <think> and </think> as single tokens of the "
+                             "model's tokenizer")
         prompts, params = [], []
         for req in requests:
             prompts.append(TokensPrompt(prompt_token_ids=list(req.prompt_ids)))
@@ -99,7 +109,10 @@ class VLLMEngine:
                     n=req.num_samples,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-                    max_tokens=sampling.max_response_tokens,
+                    max_tokens=sampling.response_limit,
+                    # Forced inside the engine: a thought of `budget` tokens is closed with </think>, whose
+                    # processed logprob vLLM reports as 0 (all the mass was put on it).
+                    thinking_token_budget=budget,
                     logprobs=0,  # the sampled token's logprob at every step
                     seed=req.seed if self.seed_per_request else None,
                     # Flat lists, and no detokenization while decoding (vLLM would also decode every sampled
@@ -163,6 +176,15 @@ class VLLMEngine:
     def wake_up(self) -> None:
         if _on_gpu():
             self.llm.wake_up()
+
+
+def _think_tokens(model_path: str):
+    """The model's <think> / </think> token ids (rlpipe.rollout.budget.ThinkTokens), or None without them."""
+    from transformers import AutoTokenizer
+
+    from rlpipe.rollout.budget import ThinkTokens
+
+    return ThinkTokens.of(AutoTokenizer.from_pretrained(model_path))
 
 
 def _quiet_weight_reload_logs() -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 STEP_DELIMITER = ".\n\n"
 
@@ -31,15 +31,19 @@ class Problem:
     answer: int
 
 
-def make_problem(rng: random.Random, uid: str) -> Problem:
-    """A start in [10, 40] followed by two or three single-digit additions / subtractions; values stay in [0, 99].
+DEFAULT_OPERATIONS = (2, 3)
+
+
+def make_problem(rng: random.Random, uid: str, operations: tuple[int, ...] = DEFAULT_OPERATIONS) -> Problem:
+    """A start in [10, 40] followed by single-digit additions / subtractions, as many as ``rng.choice(operations)``
+    (the default job: two or three; graded difficulty for calibration: 1 to 4); values stay non-negative.
 
     Small enough that a 3M-parameter model learns it in a minute, while about half of the steps still need a carry
     or a borrow — the part a tiny model (and the deliberately sloppy teacher) gets wrong.
     """
     value = rng.randint(10, 40)
     operands, operators = [value], []
-    for _ in range(rng.choice((2, 3))):
+    for _ in range(rng.choice(operations)):
         operand = rng.randint(2, 9)
         if rng.random() < 0.5 and value - operand >= 0:
             value -= operand
@@ -69,25 +73,34 @@ def step_results(problem: Problem, slip_rate: float = 0.0, rng: random.Random | 
     return results
 
 
-def solution_text(problem: Problem, results: Iterable[int], repeats: Iterable[bool] = ()) -> str:
-    """The worked steps; a step whose ``repeats`` flag is set is written again as "Check: ..." after itself."""
+def solution_text(problem: Problem, results: Iterable[int], repeats: Iterable[bool] = (), mode: str = "none") -> str:
+    """The worked steps; a step whose ``repeats`` flag is set is written again as "Check: ..." after itself.
+
+    ``mode`` (rlpipe.tasks.modes): ``none`` the steps then the answer; ``reasoning`` the steps inside
+    ``<think>…</think>``, then the answer; ``non_reasoning`` the answer alone.
+    """
     lines, left, repeats = [], problem.operands[0], list(repeats)
     for k, (op, x, value) in enumerate(zip(problem.operators, problem.operands[1:], results)):
         lines.append(f"{left} {op} {x} = {value}")
         if k < len(repeats) and repeats[k]:
             lines.append(f"Check: {left} {op} {x} = {value}")
         left = value
-    return STEP_DELIMITER.join(lines) + STEP_DELIMITER + f"The answer is \\boxed{{{left}}}."
+    steps, answer = STEP_DELIMITER.join(lines) + STEP_DELIMITER, f"The answer is \\boxed{{{left}}}."
+    if mode == "reasoning":
+        return f"<think>\n{steps}</think>\n\n{answer}"
+    return answer if mode == "non_reasoning" else steps + answer
 
 
-def teacher_solution(problem: Problem, slip_rate: float, rng: random.Random, recheck_rate: float = 0.0) -> str:
+def teacher_solution(problem: Problem, slip_rate: float, rng: random.Random, recheck_rate: float = 0.0,
+                     mode: str = "none") -> str:
     """The teacher's solution: a needed carry dropped at ``slip_rate``; each step re-checked (written again) at
     ``recheck_rate``, which makes correct solutions of one problem differ in length (5 to 9 lines for three steps)
     without changing a result: the material a concision preference stage removes. ``recheck_rate=0`` draws nothing
-    more from ``rng``, so the default teacher's traces are unchanged."""
+    more from ``rng``, so the default teacher's traces are unchanged. In non-reasoning ``mode`` the teacher answers
+    without writing its steps, slips included."""
     results = step_results(problem, slip_rate, rng)
     repeats = [rng.random() < recheck_rate for _ in results] if recheck_rate > 0 else []
-    return solution_text(problem, results, repeats)
+    return solution_text(problem, results, repeats, mode)
 
 
 def correct_solution(problem: Problem) -> str:
@@ -106,11 +119,11 @@ def _rng(*parts: Any) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little"))
 
 
-def heldout_set(n: int = 256, seed: int = 1235) -> list[Problem]:
-    """A fixed list of ``n`` distinct problems (deterministic in ``seed``)."""
+def heldout_set(n: int = 256, seed: int = 1235, operations: tuple[int, ...] = DEFAULT_OPERATIONS) -> list[Problem]:
+    """A fixed list of ``n`` distinct problems (deterministic in ``seed`` and ``operations``)."""
     problems, seen, i = [], set(), 0
     while len(problems) < n:
-        p = make_problem(_rng("heldout", seed, i), f"heldout-{seed}-{i}")
+        p = make_problem(_rng("heldout", seed, i), f"heldout-{seed}-{i}", tuple(operations))
         i += 1
         if p.question not in seen:
             seen.add(p.question)
@@ -125,16 +138,17 @@ class TrainStream:
     exactly the problems the uninterrupted run would have seen.
     """
 
-    def __init__(self, seed: int, exclude: set[str] = frozenset()):
+    def __init__(self, seed: int, exclude: set[str] = frozenset(), operations: tuple[int, ...] = DEFAULT_OPERATIONS):
         self.seed = seed
         self.exclude = set(exclude)
+        self.operations = tuple(operations)
         self.index = 0
 
     def next(self) -> Problem:
         while True:
             k = self.index
             self.index += 1
-            p = make_problem(_rng("train", self.seed, k), f"train-{self.seed}-{k}")
+            p = make_problem(_rng("train", self.seed, k), f"train-{self.seed}-{k}", self.operations)
             if p.question not in self.exclude:
                 return p
 
@@ -147,27 +161,45 @@ class TrainStream:
         self.index = state["index"]
 
 
-def teacher_traces(n: int, seed: int, slip_rate: float, exclude: Iterable[str] = (),
-                   recheck_rate: float = 0.0) -> list[dict[str, Any]]:
+def teacher_traces(n: int, seed: int, slip_rate: float, exclude: Iterable[str] = (), recheck_rate: float = 0.0,
+                   operations: tuple[int, ...] = DEFAULT_OPERATIONS, mode: str = "none", reasoning_ratio: float = 1.5,
+                   count_tokens: Callable[[dict[str, Any]], int] = lambda row: len(row["messages"][-1]["content"]),
+                   ) -> list[dict[str, Any]]:
     """``n`` supervised rows in TRL's ``messages`` format: the teacher (``teacher_solution``) on fresh problems, none
     of whose questions is in ``exclude``. Problems and slips come from one ``random.Random(seed)`` in the order the
-    default job's warm-start draws them. Each row keeps its gold ``answer``."""
+    default job's warm-start draws them. Each row keeps its gold ``answer``.
+
+    ``mode`` is a data mode (rlpipe.tasks.modes.DATA_MODES); ``mixed`` picks each row's mode so that reasoning :
+    non-reasoning trained tokens (``count_tokens(row)``; default: characters of the solution) stay at
+    ``reasoning_ratio``. Rows with a mode
+    carry it (``"mode"``: the chat-template switch the row is rendered with)."""
+    from rlpipe.tasks.modes import TokenRatioMixer
+
     rng, excluded, rows = random.Random(seed), set(exclude), []
+    mixer = TokenRatioMixer(reasoning_ratio) if mode == "mixed" else None
     while len(rows) < n:
-        p = make_problem(rng, f"teacher-{seed}-{len(rows)}")
+        p = make_problem(rng, f"teacher-{seed}-{len(rows)}", tuple(operations))
         if p.question not in excluded:
-            rows.append(teacher_row(p, slip_rate, rng, recheck_rate))
+            row_mode = mixer.next_mode() if mixer else mode
+            rows.append(teacher_row(p, slip_rate, rng, recheck_rate, row_mode))
+            if mixer:
+                mixer.record(row_mode, count_tokens(rows[-1]))
     return rows
 
 
-def teacher_row(problem: Problem, slip_rate: float, rng: random.Random, recheck_rate: float = 0.0) -> dict[str, Any]:
+def teacher_row(problem: Problem, slip_rate: float, rng: random.Random, recheck_rate: float = 0.0,
+                mode: str = "none") -> dict[str, Any]:
     """One supervised row (TRL's ``messages`` format, with the gold ``answer``): the teacher solving ``problem``."""
-    solution = teacher_solution(problem, slip_rate, rng, recheck_rate)
-    return {"id": problem.uid, "answer": str(problem.answer),
-            "messages": to_messages(problem) + [{"role": "assistant", "content": solution}]}
+    solution = teacher_solution(problem, slip_rate, rng, recheck_rate, mode)
+    row = {"id": problem.uid, "answer": str(problem.answer),
+           "messages": to_messages(problem) + [{"role": "assistant", "content": solution}]}
+    if mode != "none":
+        row["mode"] = mode
+    return row
 
 
-def teacher_rows_for(problems: Iterable[Problem], slip_rate: float, seed: int,
-                     recheck_rate: float = 0.0) -> list[dict[str, Any]]:
-    """The teacher on given problems (e.g. the held-out set, for a held-out loss), each with its own seeded slips."""
-    return [teacher_row(p, slip_rate, _rng("teacher", seed, p.uid), recheck_rate) for p in problems]
+def teacher_rows_for(problems: Iterable[Problem], slip_rate: float, seed: int, recheck_rate: float = 0.0,
+                     mode: str = "none") -> list[dict[str, Any]]:
+    """The teacher on given problems (e.g. the held-out set, for a held-out loss), each with its own seeded slips;
+    ``mode`` one of rlpipe.tasks.modes.MODES."""
+    return [teacher_row(p, slip_rate, _rng("teacher", seed, p.uid), recheck_rate, mode) for p in problems]

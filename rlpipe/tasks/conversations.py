@@ -7,6 +7,9 @@ Formats, told apart by a row's fields (TRL's names):
   conversational (lists of messages, the completion's assistant turns get a loss).
 - ``text``: plain text; every token after the first gets a loss (the first has nothing to predict it).
 
+A row may name its ``mode`` (reasoning | non_reasoning, rlpipe.tasks.modes): the chat template then renders it with
+that ``enable_thinking`` switch, as the rollout engines will see prompts of that mode.
+
 A row becomes a ``SupervisedExample``: ``prompt_ids`` (never a loss) and ``response_ids`` with a per-token
 ``response_mask`` (False on the user / tool turns between assistant turns). The learner lays it out like a rollout
 sample, so SFT runs on the same micro-batches, packing and token budgets as RL.
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rlpipe.tasks.datasets import BadRow, LoadReport, load_encoded
+from rlpipe.tasks.modes import MODES, template_kwargs
 
 log = logging.getLogger(__name__)
 ROLES = ("system", "user", "assistant", "tool")
@@ -79,14 +83,17 @@ class ChatEncoder:
     def ids(self, text: str, special: bool = False) -> list[int]:
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
-    def render(self, messages: list[dict[str, str]], generation_prompt: bool) -> list[int]:
+    def render(self, messages: list[dict[str, str]], generation_prompt: bool, mode: str = "none") -> list[int]:
         return self.ids(self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,
-                                                           tokenize=False))
+                                                           tokenize=False, **template_kwargs(mode)))
 
     def encode(self, row: dict[str, Any], uid: str) -> SupervisedExample:
         fmt = row_format(row)
+        mode = row.get("mode", "none")
+        if mode not in MODES:
+            raise BadRow("bad_mode", f"'mode' must be one of {', '.join(MODES)} (got {mode!r})")
         if fmt == "messages":
-            return self._conversation(uid, _messages(row["messages"], "messages"), trained_from=0)
+            return self._conversation(uid, _messages(row["messages"], "messages"), trained_from=0, mode=mode)
         if fmt == "text":
             if not isinstance(row["text"], str) or not row["text"].strip():
                 raise BadRow("empty_text", "'text' is empty or not a string")
@@ -100,20 +107,24 @@ class ChatEncoder:
             return SupervisedExample(uid, self.ids(prompt, special=True), response, [True] * len(response))
         if isinstance(prompt, list) and isinstance(completion, list):
             head = _messages(prompt, "prompt")
-            return self._conversation(uid, head + _messages(completion, "completion"), trained_from=len(head))
+            return self._conversation(uid, head + _messages(completion, "completion"), trained_from=len(head),
+                                      mode=mode)
         raise BadRow("bad_prompt_completion", "'prompt' and 'completion' must both be strings or both be lists of "
                                               "messages")
 
-    def _conversation(self, uid: str, messages: list[dict[str, str]], trained_from: int) -> SupervisedExample:
-        """Assistant turns at index >= ``trained_from`` get a loss (see the module docstring)."""
-        full = self.render(messages, generation_prompt=False)
+    def _conversation(self, uid: str, messages: list[dict[str, str]], trained_from: int,
+                      mode: str = "none") -> SupervisedExample:
+        """Assistant turns at index >= ``trained_from`` get a loss (see the module docstring); the chat template
+        renders the conversation in ``mode`` (rlpipe.tasks.modes)."""
+        full = self.render(messages, generation_prompt=False, mode=mode)
         mask = [False] * len(full)
         first, end = None, 0
         for i, m in enumerate(messages):
             if m["role"] != "assistant" or i < trained_from:
                 continue
-            before = self.render(messages[:i], generation_prompt=True) if i else []
-            upto = full if i == len(messages) - 1 else self.render(messages[: i + 1], generation_prompt=False)
+            before = self.render(messages[:i], generation_prompt=True, mode=mode) if i else []
+            upto = full if i == len(messages) - 1 else self.render(messages[: i + 1], generation_prompt=False,
+                                                                   mode=mode)
             if full[: len(upto)] != upto or upto[: len(before)] != before:
                 raise BadRow("template_not_prefix", f"the chat template renders turn {i} differently inside the "
                                                     f"whole conversation: its assistant tokens cannot be found")

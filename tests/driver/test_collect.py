@@ -37,9 +37,9 @@ def _clients(fail_first_generate=False, max_retries=2):
 def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, **clients):
     rollout, verifiers = _clients(**clients)
     settings = CollectSettings(prompts_per_step=prompts_per_step, samples_per_prompt=G,
-                               sampling=SamplingSettings(1.0, 1.0, 8), seed=0, dynamic_sampling=dynamic,
+                               sampling=SamplingSettings.unforced(1.0, 1.0, 8), seed=0, dynamic_sampling=dynamic,
                                max_generation_rounds=rounds, overlong_buffer_tokens=0, overlong_penalty=1.0,
-                               max_staleness_steps=ahead)
+                               max_staleness_steps=ahead, length_penalty_weight=0.0)
     return Collector(ShuffledPool(_items(patterns), seed=0), lambda p: [1, 2, 3], rollout, verifiers, settings)
 
 

@@ -56,7 +56,7 @@ def _exported_model_loads_and_answers(model_dir):
                             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
     engine = VLLMEngine(str(model_dir), max_model_len=256, kv_cache_bytes=64 << 20)
     try:
-        [out] = engine.generate([GenerationRequest("q", tuple(ids), 1, 0)], SamplingSettings(0.0, 1.0, 48))
+        [out] = engine.generate([GenerationRequest("q", tuple(ids), 1, 0)], SamplingSettings.unforced(0.0, 1.0, 48))
     finally:
         engine.shutdown()  # this pytest process goes on to build learners, which need the default group free
     assert out.response_ids == hf_ids[: len(out.response_ids)]

@@ -17,7 +17,7 @@ TEMPERATURE = 0.8  # not 1: checks that both sides apply the temperature the sam
 
 
 def _samples(engine, requests):
-    completions = engine.generate(requests, SamplingSettings(TEMPERATURE, 1.0, 24))
+    completions = engine.generate(requests, SamplingSettings.unforced(TEMPERATURE, 1.0, 24))
     prompt_ids = {r.request_id: list(r.prompt_ids) for r in requests}
     return shard([prompt_ids[c.request_id] for c in completions], [c.response_ids for c in completions],
                  [c.logprobs for c in completions])
