@@ -34,12 +34,12 @@ def _clients(fail_first_generate=False, max_retries=2):
     return rollout, VerifierClient(verifiers, max_retries)
 
 
-def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, **clients):
+def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, length_penalty=0.0, **clients):
     rollout, verifiers = _clients(**clients)
     settings = CollectSettings(prompts_per_step=prompts_per_step, samples_per_prompt=G,
                                sampling=SamplingSettings.unforced(1.0, 1.0, 8), seed=0, dynamic_sampling=dynamic,
                                max_generation_rounds=rounds, overlong_buffer_tokens=0, overlong_penalty=1.0,
-                               max_staleness_steps=ahead, length_penalty_weight=0.0)
+                               max_staleness_steps=ahead, length_penalty_weight=length_penalty)
     return Collector(ShuffledPool(_items(patterns), seed=0), lambda p: [1, 2, 3], rollout, verifiers, settings)
 
 
@@ -121,3 +121,11 @@ def test_a_step_whose_groups_are_all_filtered_is_empty_not_an_error():
     m: dict = {}
     rollouts = collector.collect(step=1, m=m)
     assert not rollouts.completions and m["filter/shortfall"] == 2 and m["filter/rounds"] == 2
+
+
+def test_the_length_penalty_is_added_to_the_rewards_group_by_group():
+    """Kimi k1.5's length reward in the real collection path. The scripted engine's sample k has 1 + k % 3 tokens
+    (lengths 1, 2, 3, 1), samples 0 and 2 are correct: λ = 0.5 - (L - 1) / (3 - 1) = [0.5, 0, -0.5, 0.5]; correct
+    samples get 0.5 λ, wrong ones 0.5 min(0, λ): rewards [1 + 0.25, 0, 1 - 0.25, 0]."""
+    rollouts = _collector(["mixed"] * 2, prompts_per_step=2, dynamic=False, length_penalty=0.5).collect(step=1, m={})
+    assert rollouts.rewards.tolist() == [1.25, 0.0, 0.75, 0.0] * 2
