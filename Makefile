@@ -27,7 +27,7 @@ demo: setup
 # missing and we can (root + apt), otherwise named with the tests that will skip; then every test.
 test: setup
 	@bash .ci/system-deps.sh
-	$(PY) -m pytest -q --timeout=1800 $(ARGS)
+	$(PY) -m pytest -q --timeout=1800 --durations=25 $(ARGS)
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" --timeout=600 $(ARGS)

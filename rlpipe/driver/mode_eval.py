@@ -28,13 +28,14 @@ def mode_sampling(cfg: Config, mode: str, budget: Optional[int]) -> SamplingSett
 
 def mode_budget_rows(cfg: Config, session, tokenize: Callable[[PromptItem], list[int]],
                      heldout: Sequence[PromptItem], think: Optional[ThinkTokens]) -> list[dict[str, Any]]:
-    """One row per (mode, budget): reasoning mode without a budget and under each of ``eval.thinking_budgets``
-    (largest first), non-reasoning mode once. Items of mode ``none`` are evaluated once, as they are."""
+    """One row per (mode, budget): reasoning mode (and mode ``none``: a model may think by itself) without a budget
+    and under each of ``eval.thinking_budgets`` (largest first); non-reasoning mode once. Budgets need the model's
+    think tokens (``think``)."""
     rows = []
     for mode in sorted({p.mode for p in heldout}, key=("reasoning", "non_reasoning", "none").index):
         items = [p for p in heldout if p.mode == mode]
         budgets: list[Optional[int]] = [None]
-        if mode == "reasoning" and think is not None:
+        if mode != "non_reasoning" and think is not None:  # a task without modes may still think (Qwen3)
             budgets += sorted(set(cfg.eval.thinking_budgets), reverse=True)
         n = 1 if mode == "non_reasoning" else cfg.eval.samples_per_prompt
         for budget in budgets:
@@ -70,7 +71,7 @@ def _row(cfg: Config, session, tokenize, items: Sequence[PromptItem], mode: str,
             "", torch.tensor([float(len(c.response_ids)) for c, _ in scored]),
             torch.tensor([v.kind == VerdictKind.CORRECT for _, v in scored]),
             torch.tensor([group[c.request_id] for c, _ in scored]))
-    if think is not None and mode == "reasoning":
+    if think is not None and mode != "non_reasoning":
         thought = [thinking_tokens(c.response_ids, think, carried[c.request_id]) for c in completions]
         row["mean_thinking_tokens"] = _mean(thought)
     if budget is not None:

@@ -79,8 +79,7 @@ class PromptSource(Protocol):
 class ArithmeticStream:
     """Fresh synthetic problems, never from the held-out set; the cursor makes a resumed run see the same ones."""
 
-    def __init__(self, seed: int, heldout_questions: set[str], operations: Sequence[int] = (2, 3),
-                 mode: str = "none"):
+    def __init__(self, seed: int, heldout_questions: set[str], operations: Sequence[int], mode: str):
         from rlpipe.tasks.arithmetic import TrainStream
 
         self.stream = TrainStream(seed=seed, exclude=heldout_questions, operations=tuple(operations))
