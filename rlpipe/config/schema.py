@@ -139,6 +139,9 @@ class DataConfig(Section):
                       "enable_thinking (Qwen3 / EXAONE 4.0).", "none")
     reasoning_ratio: float = _help("data.mode=mixed: reasoning : non-reasoning tokens in the SFT data (EXAONE 4.0 "
                                    "used 1.5); RL and evaluation alternate the modes by prompt.", 1.5)
+    stated_budget_tokens: list[int] = _help("L1-style prompts (docs/modes.md): each prompt states a token budget, "
+                                            "one of these by its uid (\"Think for at most N tokens.\"), for "
+                                            "algorithm.budget_reward. Empty: none.", default_factory=list)
     operations: list[int] = _help("Arithmetic task: the number of operations a problem has is drawn from this list "
                                   "(graded difficulty for calibration: [1, 2, 3, 4]).",
                                   default_factory=lambda: [2, 3])
@@ -189,6 +192,11 @@ class AlgorithmConfig(Section):
         "Calibration (docs/modes.md): Kimi k1.5's group-relative length reward added to each sample's reward, times "
         "this weight: within a prompt's group the shortest sample gets +0.5, the longest -0.5 (wrong samples never "
         "above 0). 0 = off.", 0.0)
+    budget_reward: str = _help("L1's reward for prompts that state a budget (data.stated_budget_tokens), replacing "
+                               "the verifier's: none | exact (1[correct] - alpha |budget - length|) | max "
+                               "(1[correct] clip(alpha (budget - length) + delta, 0, 1)).", "none")
+    budget_reward_alpha: float = _help("L1's alpha (per token; the paper: 0.0003).", 0.0003)
+    budget_reward_delta: float = _help("L1-Max's delta (the paper: 0.5).", 0.5)
     old_logprobs: str = _help(
         "Where PPO's old logprobs come from: recompute (a no-grad forward of the current policy over the batch) | "
         "rollout (the engine's own sampled-token logprobs: saves that forward; exact only when engine and learner "

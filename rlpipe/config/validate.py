@@ -103,6 +103,12 @@ def _data(cfg: Config) -> list[str]:
     errors += _existing("data.pass_rate_table", d.pass_rate_table)
     errors += _choice("data.on_bad_row", d.on_bad_row, ON_BAD_ROW)
     errors += _choice("data.mode", d.mode, DATA_MODES)
+    if any(not isinstance(b, int) or b < 1 for b in d.stated_budget_tokens):
+        errors.append(f"data.stated_budget_tokens must hold token counts >= 1 (got {d.stated_budget_tokens})")
+    errors += _choice("algorithm.budget_reward", cfg.algorithm.budget_reward, ["none", "exact", "max"])
+    if cfg.algorithm.budget_reward != "none" and not d.stated_budget_tokens:
+        errors.append(f"algorithm.budget_reward={cfg.algorithm.budget_reward} needs prompts that state a budget: "
+                      f"set data.stated_budget_tokens")
     if d.reasoning_ratio < 0:
         errors.append(f"data.reasoning_ratio must be >= 0 (got {d.reasoning_ratio})")
     if not d.operations or any(not isinstance(k, int) or not 1 <= k <= 8 for k in d.operations):

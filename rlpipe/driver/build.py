@@ -60,6 +60,9 @@ def collect_settings(cfg: Config) -> CollectSettings:
         overlong_buffer_tokens=a.overlong_buffer_tokens,
         overlong_penalty=a.overlong_penalty,
         length_penalty_weight=a.length_penalty_weight,
+        budget_reward=a.budget_reward,
+        budget_reward_alpha=a.budget_reward_alpha,
+        budget_reward_delta=a.budget_reward_delta,
         max_staleness_steps=cfg.trainer.max_staleness_steps,
     )
 

@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from rlpipe.algos.length_shaping import group_length_penalty
+from rlpipe.algos.length_shaping import budget_reward_exact, budget_reward_max, group_length_penalty
 from rlpipe.algos.shaping import overlong_penalty, zero_variance_group_mask
 from rlpipe.driver.clients import PendingGeneration, RolloutClient, VerifierClient
 from rlpipe.driver.prompts import PromptItem, PromptSource, make_requests
@@ -34,6 +34,9 @@ class CollectSettings:
     overlong_penalty: float
     max_staleness_steps: int  # 0: generate each step's samples at its start; k: up to k steps ahead
     length_penalty_weight: float  # Kimi k1.5 group length reward (0 = off)
+    budget_reward: str  # L1: none | exact | max, for prompts with gold["budget_tokens"]
+    budget_reward_alpha: float
+    budget_reward_delta: float
 
 
 @dataclass
@@ -213,14 +216,19 @@ class Collector:
         pairs = [(x, v) for x, v in zip(completions, verdicts) if v is not None]
         kept = [x for x, _ in pairs]
         rewards = torch.tensor([v.reward for _, v in pairs], dtype=torch.float32)
-        if self.s.overlong_buffer_tokens:
-            lengths = torch.tensor([len(x.response_ids) for x in kept])
-            rewards = rewards + self.s.overlong_penalty * overlong_penalty(
-                lengths, self.s.sampling.max_response_tokens, self.s.overlong_buffer_tokens)
         correct = torch.tensor([v.kind == VerdictKind.CORRECT for _, v in pairs], dtype=torch.bool)
         group_index = torch.tensor([by_uid[x.request_id] for x in kept], dtype=torch.long)
+        lengths = torch.tensor([len(x.response_ids) for x in kept])
+        if self.s.budget_reward != "none":  # L1: the reward is correctness and meeting the prompt's stated budget
+            budgets = torch.tensor([prompts[g].gold["budget_tokens"] for g in group_index.tolist()])
+            rewards = (budget_reward_exact(lengths, correct, budgets, self.s.budget_reward_alpha)
+                       if self.s.budget_reward == "exact" else
+                       budget_reward_max(lengths, correct, budgets, self.s.budget_reward_alpha,
+                                         self.s.budget_reward_delta))
+        if self.s.overlong_buffer_tokens:
+            rewards = rewards + self.s.overlong_penalty * overlong_penalty(
+                lengths, self.s.sampling.max_response_tokens, self.s.overlong_buffer_tokens)
         if self.s.length_penalty_weight:
-            lengths = torch.tensor([len(x.response_ids) for x in kept])
             rewards = rewards + group_length_penalty(lengths, correct, group_index, self.s.length_penalty_weight)
         parse_failed = torch.tensor([v.kind == VerdictKind.PARSE_FAIL for _, v in pairs], dtype=torch.bool)
         self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})

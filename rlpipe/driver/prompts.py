@@ -61,6 +61,27 @@ def heldout_modes(items: Sequence[PromptItem], data_mode: str) -> list[PromptIte
     return [with_mode(p, m, tag_uid=True) for m in ("reasoning", "non_reasoning") for p in items]
 
 
+def with_stated_budget(item: PromptItem, budgets: Sequence[int]) -> PromptItem:
+    """L1 (arXiv 2503.04697): the prompt states a token budget, one of ``budgets`` by the uid, appended to the last
+    message ("Think for at most N tokens."); the gold keeps it (``budget_tokens``) for the budget reward."""
+    if not budgets:
+        return item
+    n = budgets[request_seed("budget", item.uid) % len(budgets)]
+    *head, last = item.messages
+    last = {**last, "content": f"{last['content']} Think for at most {n} tokens."}
+    return PromptItem(item.uid, (*head, last), {**item.gold, "budget_tokens": n})
+
+
+def frame_training(item: PromptItem, data: DataConfig) -> PromptItem:
+    """A training prompt with its mode and stated budget (data.mode, data.stated_budget_tokens)."""
+    return with_stated_budget(with_mode(item, training_mode(data.mode, item.uid)), data.stated_budget_tokens)
+
+
+def frame_heldout(items: Sequence[PromptItem], data: DataConfig) -> list[PromptItem]:
+    """Held-out prompts with their modes (both, in mixed mode) and stated budgets."""
+    return [with_stated_budget(p, data.stated_budget_tokens) for p in heldout_modes(items, data.mode)]
+
+
 class PromptSource(Protocol):
     def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
         """Up to ``n`` distinct prompts, none of whose uids is in ``exclude`` (the prompts a step already has).
@@ -79,15 +100,15 @@ class PromptSource(Protocol):
 class ArithmeticStream:
     """Fresh synthetic problems, never from the held-out set; the cursor makes a resumed run see the same ones."""
 
-    def __init__(self, seed: int, heldout_questions: set[str], operations: Sequence[int], mode: str):
+    def __init__(self, data: DataConfig, heldout_questions: set[str]):
         from rlpipe.tasks.arithmetic import TrainStream
 
-        self.stream = TrainStream(seed=seed, exclude=heldout_questions, operations=tuple(operations))
-        self.mode = mode
+        self.stream = TrainStream(seed=data.seed, exclude=heldout_questions, operations=tuple(data.operations))
+        self.data = data
 
     def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
-        items = [arithmetic_item(self.stream.next()) for _ in range(n)]  # uids never repeat
-        return [with_mode(p, training_mode(self.mode, p.uid)) for p in items]
+        # uids never repeat
+        return [frame_training(arithmetic_item(self.stream.next()), self.data) for _ in range(n)]
 
     def observe(self, correct_by_uid: dict[str, list[bool]]) -> None:
         pass
@@ -246,7 +267,7 @@ def read_pass_rates(path: str) -> tuple[dict[str, Any], dict[str, float]]:
 
 def training_pool(data: DataConfig, heldout_questions: set[str]) -> list[PromptItem]:
     """The first ``data.pool_size`` training problems (never held-out ones)."""
-    stream = ArithmeticStream(data.seed, heldout_questions, data.operations, data.mode)
+    stream = ArithmeticStream(data, heldout_questions)
     return stream.next_batch(data.pool_size)
 
 
@@ -266,11 +287,12 @@ def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]
     """
     if data.task == "arithmetic" and data.pool_size == 0:
         heldout = arithmetic_heldout(data)
-        return (ArithmeticStream(data.seed, {p.question for p in heldout}, data.operations, data.mode),
-                heldout_modes([arithmetic_item(p) for p in heldout], data.mode))
+        return (ArithmeticStream(data, {p.question for p in heldout}),
+                frame_heldout([arithmetic_item(p) for p in heldout], data))
     pool, heldout_items = prompt_pool(data, prompt_length, quarantine)
-    pool = [with_mode(p, training_mode(data.mode, p.uid)) for p in pool]
-    heldout_items = heldout_modes(heldout_items, data.mode)
+    if data.task == "file":  # the arithmetic pool comes framed from its stream
+        pool = [frame_training(p, data) for p in pool]
+    heldout_items = frame_heldout(heldout_items, data)
     if data.pass_rate_table:
         meta, rates = read_pass_rates(data.pass_rate_table)
         missing = [p.uid for p in pool if p.uid not in rates]

@@ -34,13 +34,18 @@ def _clients(fail_first_generate=False, max_retries=2):
     return rollout, VerifierClient(verifiers, max_retries)
 
 
-def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, length_penalty=0.0, **clients):
+def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, length_penalty=0.0,
+               budget_reward="none", budget=None, **clients):
     rollout, verifiers = _clients(**clients)
     settings = CollectSettings(prompts_per_step=prompts_per_step, samples_per_prompt=G,
                                sampling=SamplingSettings.unforced(1.0, 1.0, 8), seed=0, dynamic_sampling=dynamic,
                                max_generation_rounds=rounds, overlong_buffer_tokens=0, overlong_penalty=1.0,
-                               max_staleness_steps=ahead, length_penalty_weight=length_penalty)
-    return Collector(ShuffledPool(_items(patterns), seed=0), lambda p: [1, 2, 3], rollout, verifiers, settings)
+                               max_staleness_steps=ahead, length_penalty_weight=length_penalty,
+                               budget_reward=budget_reward, budget_reward_alpha=0.1, budget_reward_delta=0.5)
+    items = _items(patterns)
+    if budget is not None:
+        items = [PromptItem(p.uid, p.messages, {**p.gold, "budget_tokens": budget}) for p in items]
+    return Collector(ShuffledPool(items, seed=0), lambda p: [1, 2, 3], rollout, verifiers, settings)
 
 
 def test_dynamic_sampling_refills_with_new_prompts_until_enough_informative_groups():
@@ -129,3 +134,13 @@ def test_the_length_penalty_is_added_to_the_rewards_group_by_group():
     samples get 0.5 λ, wrong ones 0.5 min(0, λ): rewards [1 + 0.25, 0, 1 - 0.25, 0]."""
     rollouts = _collector(["mixed"] * 2, prompts_per_step=2, dynamic=False, length_penalty=0.5).collect(step=1, m={})
     assert rollouts.rewards.tolist() == [1.25, 0.0, 0.75, 0.0] * 2
+
+
+def test_the_budget_reward_replaces_the_verifiers_for_prompts_that_state_a_budget():
+    """L1 with a stated budget of 2 tokens, alpha 0.1. Lengths 1, 2, 3, 1; samples 0 and 2 correct.
+    exact: 1[correct] - 0.1 |2 - L| = [0.9, 0, 0.9, -0.1]; max: 1[correct] clip(0.1 (2 - L) + 0.5, 0, 1) =
+    [0.6, 0, 0.4, 0]."""
+    exact = _collector(["mixed"], prompts_per_step=1, dynamic=False, budget_reward="exact", budget=2).collect(1, {})
+    assert exact.rewards.tolist() == pytest.approx([0.9, 0.0, 0.9, -0.1])
+    top = _collector(["mixed"], prompts_per_step=1, dynamic=False, budget_reward="max", budget=2).collect(1, {})
+    assert top.rewards.tolist() == pytest.approx([0.6, 0.0, 0.4, 0.0])

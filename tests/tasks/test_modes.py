@@ -127,3 +127,19 @@ def test_the_verifier_grades_after_the_thought_and_fails_a_thought_in_non_reason
     plain = score_in_mode(v, "The answer is \\boxed{14}.", {**gold, "mode": "non_reasoning"})
     assert plain.kind == VerdictKind.WRONG and plain.details["format_followed"]
     assert score_in_mode(v, "The answer is \\boxed{15}.", gold).kind == VerdictKind.CORRECT  # no mode: as before
+
+
+def test_a_stated_budget_is_appended_to_the_prompt_and_kept_in_the_gold():
+    from rlpipe.config.schema import DataConfig
+    from rlpipe.driver.prompts import PromptItem, frame_heldout, frame_training
+
+    item = PromptItem("u1", ({"role": "user", "content": "Compute 2 + 3."},), {"answer": "5"})
+    data = DataConfig(mode="reasoning", stated_budget_tokens=[16, 32])
+    framed = frame_training(item, data)
+    n = framed.gold["budget_tokens"]
+    assert n in (16, 32) and framed.mode == "reasoning"
+    assert framed.messages[-1]["content"] == f"Compute 2 + 3. Think for at most {n} tokens."
+    assert frame_training(item, data) == framed  # by the uid: the same budget after a resume
+    assert item.messages[-1]["content"] == "Compute 2 + 3."  # the original is untouched
+    both = frame_heldout([item], DataConfig(mode="mixed"))
+    assert [(p.uid, p.mode) for p in both] == [("u1@reasoning", "reasoning"), ("u1@non_reasoning", "non_reasoning")]
