@@ -171,8 +171,7 @@ def teacher_traces(n: int, seed: int, slip_rate: float, exclude: Iterable[str] =
 
     ``mode`` is a data mode (rlpipe.tasks.modes.DATA_MODES); ``mixed`` picks each row's mode so that reasoning :
     non-reasoning trained tokens (``count_tokens(row)``; default: characters of the solution) stay at
-    ``reasoning_ratio``. Rows with a mode
-    carry it (``"mode"``: the chat-template switch the row is rendered with)."""
+    ``reasoning_ratio``. Rows with a mode carry it (``"mode"``: the chat-template switch they are rendered with)."""
     from rlpipe.tasks.modes import TokenRatioMixer
 
     rng, excluded, rows = random.Random(seed), set(exclude), []
