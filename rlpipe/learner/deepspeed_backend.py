@@ -145,7 +145,9 @@ class DeepSpeedBackend:
         # Free the engine (its ZeRO optimizer, hooks and gloo work handles) while the interpreter is fully alive: left
         # to interpreter exit, a gloo worker thread freeing tensors there can abort the process (SIGABRT, "terminate
         # called without an active exception", seen once in CI on ZeRO-2).
-        if self.engine is not None:
+        # destroy() logs through DeepSpeed's comm layer, which needs a live group (a process that shared its group
+        # with an in-process vLLM engine may have none left by now): then only the references go.
+        if self.engine is not None and deepspeed.comm.is_initialized():
             self.engine.destroy()
         self.engine = self.module = self.optimizer = None
         gc.collect()
