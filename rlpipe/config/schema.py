@@ -138,8 +138,8 @@ class DataConfig(Section):
                       "is a format failure) | mixed (both, by data.reasoning_ratio). Passed to the chat template as "
                       "enable_thinking (Qwen3 / EXAONE 4.0).", "none")
     reasoning_ratio: float = _help("data.mode=mixed: reasoning : non-reasoning tokens in the SFT data (EXAONE 4.0 "
-                                   "used 1.5); RL splits its prompts between the modes by a stable coin on the uid, held-out evaluation asks every "
-                                   "problem in both.", 1.5)
+                                   "used 1.5); RL splits its prompts between the modes by a stable coin on the "
+                                   "uid, held-out evaluation asks every problem in both.", 1.5)
     stated_budget_tokens: list[int] = _help("L1-style prompts (docs/modes.md): each prompt states a token budget, "
                                             "one of these by its uid (\"Think for at most N tokens.\"), for "
                                             "algorithm.budget_reward. Empty: none.", default_factory=list)
