@@ -1,4 +1,5 @@
-"""Length-aware rewards (Kimi k1.5 length penalty, L1's LCPO budget rewards) and the overthinking metric.
+"""Length-aware rewards (Kimi k1.5 length penalty, ALP's adaptive length penalty, L1's LCPO budget rewards) and the
+overthinking metric.
 
 Shape letters as in ``rlpipe.algos``: N = samples in the flat batch, B = difficulty bins.
 """
@@ -43,6 +44,34 @@ def group_length_penalty(
     lam = 0.5 - (x - lo) / torch.where(has_span, span, torch.ones_like(span))
     lam = torch.where(has_span, lam, torch.zeros_like(lam))
     return weight * torch.where(correct.bool(), lam, lam.clamp(max=0.0))
+
+
+def adaptive_length_penalty(
+    lengths: torch.Tensor, correct: torch.Tensor, group_index: torch.Tensor, max_tokens: int, weight: float = 1.0
+) -> torch.Tensor:
+    """ALP, Adaptive Length Penalty (Xiang et al., "Just Enough Thinking", arXiv 2506.05256, eq. 1), lengths [N] ->
+    reward term [N] (≤ 0), added to the correctness reward:
+
+        r_i = − weight · max(p_solved(q_i), 1/K_i) · len_i / max_tokens
+
+    p_solved(q) is the fraction of the prompt's K samples that are correct (the group's online solve rate), K_i the
+    size of sample i's group, and max_tokens the paper's normalisation constant N (here the response length limit,
+    so weight is the penalty of a full-length response on a prompt always solved). Every sample pays, correct or
+    not: easy prompts (high solve rate) pay most per token, never-solved ones the least (1/K), so a policy learns
+    to spend tokens where they buy accuracy.
+
+    Args:
+        lengths: [N] response lengths (int or float). correct: [N] bool.
+        group_index: [N] long prompt-group ids, any values, in any order. max_tokens: > 0.
+    """
+    if max_tokens <= 0:
+        raise ValueError(f"max_tokens must be > 0 (got {max_tokens})")
+    x = _as_float(lengths)
+    _, inverse = torch.unique(group_index, return_inverse=True)
+    size = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=x.dtype).index_add_(
+        0, inverse, torch.ones_like(x))[inverse]
+    solve_rate = group_pass_rate(correct, inverse).to(x.dtype)
+    return -weight * torch.maximum(solve_rate, 1.0 / size) * x / max_tokens
 
 
 def budget_reward_exact(

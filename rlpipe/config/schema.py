@@ -189,10 +189,12 @@ class AlgorithmConfig(Section):
         "before rollout.max_response_tokens (0 = off).", 0)
     overlong_penalty: float = _help("Size of the overlong penalty at the length limit.", 1.0)
     mask_truncated: bool = _help("DAPO overlong filtering: truncated responses get no loss.", False)
-    length_penalty_weight: float = _help(
-        "Calibration (docs/modes.md): Kimi k1.5's group-relative length reward added to each sample's reward, times "
-        "this weight: within a prompt's group the shortest sample gets +0.5, the longest -0.5 (wrong samples never "
-        "above 0). 0 = off.", 0.0)
+    length_penalty: str = _help(
+        "Calibration (docs/modes.md), the length reward added to each sample's reward, times length_penalty_weight: "
+        "kimi (Kimi k1.5, group-relative: within a prompt's group the shortest sample gets +0.5, the longest -0.5, "
+        "wrong samples never above 0) | alp (ALP: -max(group solve rate, 1/group size) * length / "
+        "rollout.max_response_tokens, so easy prompts pay the most per token).", "kimi")
+    length_penalty_weight: float = _help("Weight of the length reward (algorithm.length_penalty); 0 = off.", 0.0)
     budget_reward: str = _help("L1's reward for prompts that state a budget (data.stated_budget_tokens), replacing "
                                "the verifier's: none | exact (1[correct] - alpha |budget - length|) | max "
                                "(1[correct] clip(alpha (budget - length) + delta, 0, 1)).", "none")

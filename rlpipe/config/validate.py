@@ -106,6 +106,7 @@ def _data(cfg: Config) -> list[str]:
     if any(not isinstance(b, int) or b < 1 for b in d.stated_budget_tokens):
         errors.append(f"data.stated_budget_tokens must hold token counts >= 1 (got {d.stated_budget_tokens})")
     errors += _choice("algorithm.budget_reward", cfg.algorithm.budget_reward, ["none", "exact", "max"])
+    errors += _choice("algorithm.length_penalty", cfg.algorithm.length_penalty, ["kimi", "alp"])
     if cfg.algorithm.budget_reward != "none" and not d.stated_budget_tokens:
         errors.append(f"algorithm.budget_reward={cfg.algorithm.budget_reward} needs prompts that state a budget: "
                       f"set data.stated_budget_tokens")

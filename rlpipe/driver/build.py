@@ -59,6 +59,7 @@ def collect_settings(cfg: Config) -> CollectSettings:
         max_generation_rounds=a.max_generation_rounds,
         overlong_buffer_tokens=a.overlong_buffer_tokens,
         overlong_penalty=a.overlong_penalty,
+        length_penalty=a.length_penalty,
         length_penalty_weight=a.length_penalty_weight,
         budget_reward=a.budget_reward,
         budget_reward_alpha=a.budget_reward_alpha,

@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from rlpipe.algos.length_shaping import budget_reward_exact, budget_reward_max, group_length_penalty
+from rlpipe.algos.length_shaping import (adaptive_length_penalty, budget_reward_exact, budget_reward_max,
+                                         group_length_penalty)
 from rlpipe.algos.shaping import overlong_penalty, zero_variance_group_mask
 from rlpipe.driver.clients import PendingGeneration, RolloutClient, VerifierClient
 from rlpipe.driver.prompts import PromptItem, PromptSource, make_requests
@@ -33,7 +34,8 @@ class CollectSettings:
     overlong_buffer_tokens: int
     overlong_penalty: float
     max_staleness_steps: int  # 0: generate each step's samples at its start; k: up to k steps ahead
-    length_penalty_weight: float  # Kimi k1.5 group length reward (0 = off)
+    length_penalty: str  # kimi (Kimi k1.5's group-relative length reward) | alp (ALP, scaled by the solve rate)
+    length_penalty_weight: float  # 0 = off
     budget_reward: str  # L1: none | exact | max, for prompts with gold["budget_tokens"]
     budget_reward_alpha: float
     budget_reward_delta: float
@@ -229,7 +231,11 @@ class Collector:
             rewards = rewards + self.s.overlong_penalty * overlong_penalty(
                 lengths, self.s.sampling.max_response_tokens, self.s.overlong_buffer_tokens)
         if self.s.length_penalty_weight:
-            rewards = rewards + group_length_penalty(lengths, correct, group_index, self.s.length_penalty_weight)
+            rewards = rewards + (
+                adaptive_length_penalty(lengths, correct, group_index, self.s.sampling.max_response_tokens,
+                                        self.s.length_penalty_weight)
+                if self.s.length_penalty == "alp" else
+                group_length_penalty(lengths, correct, group_index, self.s.length_penalty_weight))
         parse_failed = torch.tensor([v.kind == VerdictKind.PARSE_FAIL for _, v in pairs], dtype=torch.bool)
         self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})
         return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index, parse_failed)

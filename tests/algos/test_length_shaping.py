@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rlpipe.algos.length_shaping import (
+    adaptive_length_penalty,
     budget_reward_exact,
     budget_reward_max,
     difficulty_bin,
@@ -68,6 +69,29 @@ def test_weight_scales():
 def test_empty_batch():
     out = group_length_penalty(torch.zeros(0), torch.zeros(0, dtype=torch.bool), torch.zeros(0, dtype=torch.long))
     assert out.shape == (0,)
+
+
+# ---- ALP adaptive length penalty ----
+
+
+def test_alp_scales_the_per_token_cost_by_the_solve_rate():
+    # Group 7 (3 samples, 2 correct): solve rate 2/3; group 1 (2 samples, both correct): 1; max_tokens 100, weight 0.3.
+    # -0.3 * 2/3 * [30, 60, 90] / 100 = [-0.06, -0.12, -0.18]; -0.3 * 1 * [50, 10] / 100 = [-0.15, -0.03].
+    out = adaptive_length_penalty(torch.tensor([30, 50, 60, 10, 90]), torch.tensor([True, True, False, True, True]),
+                                  torch.tensor([7, 1, 7, 1, 7]), max_tokens=100, weight=0.3)
+    torch.testing.assert_close(out, torch.tensor([-0.06, -0.15, -0.12, -0.03, -0.18]))
+
+
+def test_alp_never_solved_prompts_pay_one_over_k():
+    # No sample correct: the floor 1/K = 1/4 applies; -1 * 1/4 * [8, 16, 0, 4] / 16 = [-0.125, -0.25, 0, -0.0625].
+    out = adaptive_length_penalty(torch.tensor([8, 16, 0, 4]), torch.zeros(4, dtype=torch.bool), torch.zeros(4).long(),
+                                  max_tokens=16)
+    torch.testing.assert_close(out, torch.tensor([-0.125, -0.25, 0.0, -0.0625]))
+
+
+def test_alp_refuses_a_non_positive_normaliser():
+    with pytest.raises(ValueError, match="max_tokens"):
+        adaptive_length_penalty(torch.tensor([1]), torch.tensor([True]), torch.tensor([0]), max_tokens=0)
 
 
 # ---- L1 LCPO budget rewards ----

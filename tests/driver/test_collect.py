@@ -35,12 +35,13 @@ def _clients(fail_first_generate=False, max_retries=2):
 
 
 def _collector(patterns, *, prompts_per_step, dynamic=True, rounds=4, ahead=0, length_penalty=0.0,
-               budget_reward="none", budget=None, **clients):
+               length_reward="kimi", budget_reward="none", budget=None, **clients):
     rollout, verifiers = _clients(**clients)
     settings = CollectSettings(prompts_per_step=prompts_per_step, samples_per_prompt=G,
                                sampling=SamplingSettings.unforced(1.0, 1.0, 8), seed=0, dynamic_sampling=dynamic,
                                max_generation_rounds=rounds, overlong_buffer_tokens=0, overlong_penalty=1.0,
-                               max_staleness_steps=ahead, length_penalty_weight=length_penalty,
+                               max_staleness_steps=ahead, length_penalty=length_reward,
+                               length_penalty_weight=length_penalty,
                                budget_reward=budget_reward, budget_reward_alpha=0.1, budget_reward_delta=0.5)
     items = _items(patterns)
     if budget is not None:
@@ -134,6 +135,14 @@ def test_the_length_penalty_is_added_to_the_rewards_group_by_group():
     samples get 0.5 λ, wrong ones 0.5 min(0, λ): rewards [1 + 0.25, 0, 1 - 0.25, 0]."""
     rollouts = _collector(["mixed"] * 2, prompts_per_step=2, dynamic=False, length_penalty=0.5).collect(step=1, m={})
     assert rollouts.rewards.tolist() == [1.25, 0.0, 0.75, 0.0] * 2
+
+
+def test_the_adaptive_length_penalty_scales_with_the_groups_solve_rate():
+    """ALP in the real collection path: lengths 1, 2, 3, 1 of at most 8 tokens, samples 0 and 2 correct, so the solve
+    rate is 1/2 (above 1/K = 1/4): penalty = -0.5 * 1/2 * L / 8 = -L / 32 = [-1/32, -2/32, -3/32, -1/32]."""
+    rollouts = _collector(["mixed"], prompts_per_step=1, dynamic=False, length_penalty=0.5,
+                          length_reward="alp").collect(step=1, m={})
+    assert rollouts.rewards.tolist() == pytest.approx([1 - 1 / 32, -2 / 32, 1 - 3 / 32, -1 / 32])
 
 
 def test_the_budget_reward_replaces_the_verifiers_for_prompts_that_state_a_budget():
