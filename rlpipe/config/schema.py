@@ -90,6 +90,20 @@ class ScoreHeadConfig(Section):
 
 
 @dataclass
+class LoraAdapterConfig(Section):
+    rank: int = _help("LoRA rank r (0 = off: every weight trains). With r > 0 only the adapters train (peft, on "
+                      "learner.backend=fsdp2), the KL reference is the base model with the adapters off, and the "
+                      "engines get merged weights after each update (docs/lora.md).", 0)
+    alpha: float = _help("LoRA alpha: an adapter's output is scaled by alpha / rank.", 32.0)
+    dropout: float = _help("Dropout on an adapter's input (peft's lora_dropout).", 0.0)
+    target_modules: list[str] = _help(
+        "Linear layers that get an adapter, by name inside a decoder layer (Qwen2 / Llama names).",
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    export_merged: bool = _help("Exports (final_model) hold the merged full weights, with the peft adapter in "
+                                "final_model/adapter; false: final_model is the peft adapter directory alone.", False)
+
+
+@dataclass
 class ModelConfig(Section):
     path: Optional[str] = _help(
         "A Hugging Face model directory (config + tokenizer + weights). Empty: build the tiny offline model and "
@@ -100,6 +114,7 @@ class ModelConfig(Section):
                        "float32")
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     score_head: ScoreHeadConfig = field(default_factory=ScoreHeadConfig)
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
 
 
 @dataclass

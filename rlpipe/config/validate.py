@@ -74,6 +74,28 @@ def _model(cfg: Config) -> list[str]:
         errors += _at_least("model.score_head.positive_weight", h.positive_weight, 0, strict=True)
         errors += _at_least("model.score_head.coef", h.coef, 0)
         errors += _in_range("model.score_head.dropout", h.dropout, 0, 1, high_open=True)
+    return errors + _lora(cfg)
+
+
+def _lora(cfg: Config) -> list[str]:
+    lora = cfg.model.lora
+    errors = _at_least("model.lora.rank", lora.rank, 0)
+    if lora.rank <= 0:
+        return errors
+    errors += _at_least("model.lora.alpha", lora.alpha, 0, strict=True)
+    errors += _in_range("model.lora.dropout", lora.dropout, 0, 1, high_open=True)
+    if not lora.target_modules:
+        errors.append("model.lora.target_modules must name at least one linear layer (e.g. q_proj)")
+    if cfg.learner.backend != "fsdp2":
+        errors.append(f"model.lora.rank={lora.rank} runs on learner.backend=fsdp2 only (got {cfg.learner.backend})")
+    r = cfg.algorithm.reference_reset
+    if r.interval_steps or r.kl_threshold or r.plateau_evals:
+        errors.append("model.lora: the KL reference is the base model, which a reference reset cannot move; turn "
+                      "algorithm.reference_reset off")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        errors.append(f"model.lora.rank={lora.rank} needs peft: pip install 'rlpipe[lora]'")
     return errors
 
 

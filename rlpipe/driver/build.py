@@ -8,6 +8,7 @@ from rlpipe.driver.resets import ResetPolicy
 from rlpipe.driver.trainer import StepSettings
 from rlpipe.errors import UserError
 from rlpipe.learner.objective import ObjectiveSettings
+from rlpipe.learner.lora import LoraSettings
 from rlpipe.learner.rank import CorrectionSettings, OptimizerSettings
 from rlpipe.rollout.types import SamplingSettings
 
@@ -34,6 +35,14 @@ def optimizer_settings(cfg: Config) -> OptimizerSettings:
     lr = cfg.learner
     return OptimizerSettings(lr=lr.lr, betas=(lr.betas[0], lr.betas[1]), weight_decay=lr.weight_decay,
                              max_grad_norm=lr.max_grad_norm)
+
+
+def lora_settings(cfg: Config) -> Optional[LoraSettings]:
+    lora = cfg.model.lora
+    if lora.rank <= 0:
+        return None
+    return LoraSettings(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                        target_modules=tuple(lora.target_modules), export_merged=lora.export_merged)
 
 
 def correction_settings(cfg: Config) -> CorrectionSettings:

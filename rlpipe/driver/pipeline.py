@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlpipe.config.schema import Config
+from rlpipe.errors import UserError
 
 log = logging.getLogger("rlpipe")
 
@@ -77,6 +78,9 @@ def changed_settings(stage_dir: Path, stage: dict[str, Any], name: str) -> list[
 
 
 def run_pipeline(cfg: Config, resolved: dict[str, Any]) -> list[dict[str, Any]]:
+    if cfg.model.lora.rank > 0 and not cfg.model.lora.export_merged:
+        raise UserError("model.lora in a pipeline: each stage starts from the model the one before exported, so set "
+                        "model.lora.export_merged=true (an adapter directory alone is not a model to start from)")
     runners = _runners()
     root = Path(cfg.trainer.output_dir).resolve()
     model_path = cfg.model.path

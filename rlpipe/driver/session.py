@@ -151,6 +151,7 @@ def build_learner(cfg: Config, model_path: str, spec: LearnerSpec, wait: bool = 
         dtype=cfg.model.dtype,
         dist_timeout_s=timeout,
         heads=spec.heads,
+        lora=build.lora_settings(cfg),
         backend_options=(dict(zero_stage=cfg.learner.deepspeed.zero_stage,
                               offload_optimizer=cfg.learner.deepspeed.offload_optimizer)
                          if cfg.learner.backend == "deepspeed" else {}),

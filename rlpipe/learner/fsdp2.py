@@ -43,7 +43,10 @@ class FSDP2Backend:
         self.module = shard_model(module, device_type)
         self.max_grad_norm = max_grad_norm
         self._optim_args = dict(lr=lr, betas=betas, weight_decay=weight_decay)
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), **self._optim_args)
+        self.optimizer = torch.optim.AdamW(self._trainable(), **self._optim_args)
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.module.parameters() if p.requires_grad]  # with LoRA: the adapters only
 
     def backward(self, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
         # Reduce-scatter gradients once per mini-batch, not once per micro-batch.
@@ -95,7 +98,7 @@ class FSDP2Backend:
         set_state_dict(self.module, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
     def reset_optimizer(self) -> None:
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), **self._optim_args)
+        self.optimizer = torch.optim.AdamW(self._trainable(), **self._optim_args)
 
     def optimizer_state_size(self) -> int:
         return sum(len(s) for s in self.optimizer.state.values())

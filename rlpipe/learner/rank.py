@@ -22,6 +22,7 @@ from rlpipe.learner.batch import (SampleShard, TrainBatch, capped_cost, count_to
                                   padded_cost, split_by_tokens, summed_cost)
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
+from rlpipe.learner.lora import LoraSettings
 from rlpipe.learner.packing import PACKING_MODES
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
 from rlpipe.learner.stages import StageSteps
@@ -79,6 +80,7 @@ class LearnerRank(StageSteps):
         max_tokens_per_micro_batch: Optional[int] = None,
         packing: str = "none",
         threads: int = 1,
+        lora: Optional[LoraSettings] = None,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,12 +116,34 @@ class LearnerRank(StageSteps):
 
         policy = load()
         hidden_size = policy.config.hidden_size
+        self.lora = lora
+        if lora is not None:  # adapters in the policy itself; the base (adapters off) is the reference
+            from rlpipe.learner.lora import inject
+
+            policy = inject(policy, lora)
         self.backend = self._build_backend(backend, policy, optimizer, backend_options)
-        self.reference = self._build_reference(backend, load()) if with_reference else None
+        self.with_reference = with_reference
+        self.lora_metrics = self._lora_metrics() if lora is not None else {}
+        self.reference = (self._build_reference(backend, load()) if with_reference and lora is None else None)
         self.heads = build_heads(heads, hidden_size, self.device, seed)
         self.hidden_layers = tuple(sorted({h.hidden_layer for h in self.heads if h.hidden_layer is not None}))
         # This step's micro-batches, per mini-batch, with their rows' positions in the shard: kept from prepare to update.
         self._prepared: list[list[tuple[TrainBatch, torch.Tensor]]] = []
+
+    def _lora_metrics(self) -> dict[str, float]:
+        """What LoRA trains and moves, per step: trainable parameters, their AdamW state, and the bytes of a weight
+        push — merged full weights (what rlpipe pushes) against the adapter alone."""
+        from rlpipe.learner.lora import parameter_report
+
+        report = parameter_report(self.backend.module)
+        params = list(self.backend.module.named_parameters())
+        adapter = sum(p.numel() * p.element_size() for n, p in params if ".lora_" in n)
+        merged = sum(p.numel() * p.element_size() for n, p in params if ".lora_" not in n)
+        if getattr(self.backend.module.config, "tie_word_embeddings", False):
+            merged += sum(p.numel() * p.element_size() for n, p in params if n.endswith("embed_tokens.weight"))
+        return {"lora/trainable_params": report["trainable_params"], "lora/total_params": report["total_params"],
+                "lora/optimizer_state_bytes": report["optimizer_state_bytes"], "sync/merged_push_bytes": float(merged),
+                "sync/adapter_push_bytes": float(adapter)}
 
     def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
         common = dict(device_type=self.device.type, lr=optimizer.lr, betas=tuple(optimizer.betas),
@@ -278,11 +302,20 @@ class LearnerRank(StageSteps):
         put("is_weight_sum", (weights * micro.response_mask).sum(dim=1))
         put("is_weight_max", (weights * micro.response_mask).max(dim=1).values)
         put("trained_tokens", micro.response_mask.sum(dim=1))
-        if self.reference is None:
+        if not self.with_reference:
             return old, None
-        ref = forward_logprobs(self.reference, micro, self.objective.temperature).logprobs
+        ref = self.reference_logprobs(micro, self.objective.temperature)
         put("kl_sum", (kl_estimate(old, ref, self.objective.kl_estimator) * micro.response_mask).sum(dim=1))
         return old, ref
+
+    def reference_logprobs(self, micro: TrainBatch, temperature: float) -> torch.Tensor:
+        """The frozen reference's logprobs [m, T]: its own module, or with LoRA the policy with its adapters off."""
+        if self.lora is None:
+            return forward_logprobs(self.reference, micro, temperature).logprobs
+        from rlpipe.learner.lora import adapters_disabled
+
+        with adapters_disabled(self.backend.module) as base:
+            return forward_logprobs(base, micro, temperature).logprobs
 
     @torch.no_grad()
     def response_logprobs(self, shard: SampleShard) -> torch.Tensor:
@@ -340,6 +373,7 @@ class LearnerRank(StageSteps):
         totals["rollout/logprob_diff_max"] = gap_max
         totals["offpolicy/mismatch_k3"] = mismatch
         totals["perf/learner_peak_mem_gib"] = self.peak_memory_gib()
+        totals.update(self.lora_metrics)
         return totals
 
     def peak_memory_gib(self) -> float:
@@ -351,21 +385,39 @@ class LearnerRank(StageSteps):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
     def export_weights(self) -> Optional[dict[str, torch.Tensor]]:
-        """Collective. Full CPU weights on rank 0 (tied ``lm_head.weight`` included explicitly), None elsewhere."""
+        """Collective. Full CPU weights on rank 0 (tied ``lm_head.weight`` included explicitly; with LoRA, the adapters
+        merged into them), None elsewhere."""
         state = self.backend.full_state_dict()
         if state is None:
             return None
+        if self.lora is not None:
+            from rlpipe.learner.lora import merge_state
+
+            state = merge_state(state, self.lora.scaling)
         if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
             # Tied embeddings: vLLM keeps its own output layer, which stays stale unless it is sent too.
             state["lm_head.weight"] = state["model.embed_tokens.weight"]
         return state
 
     def save_hf(self, path: str, source_model_path: str) -> None:
-        """Collective. Rank 0 writes the policy in Hugging Face format (+ the tokenizer), loadable by vLLM."""
+        """Collective. Rank 0 writes the policy in Hugging Face format (+ the tokenizer), loadable by vLLM. With LoRA:
+        a peft adapter directory at ``path`` instead, or, with ``model.lora.export_merged``, the merged model at
+        ``path`` and the adapter in ``path/adapter``."""
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        if self.lora is not None:
+            state = self.backend.full_state_dict()
+            if state is None:
+                return
+            from rlpipe.learner.lora import save_adapter
+
+            save_adapter(f"{path}/adapter" if self.lora.export_merged else path, state, self.lora, source_model_path)
+            if not self.lora.export_merged:
+                AutoTokenizer.from_pretrained(source_model_path).save_pretrained(path)
+                return
         state = self.export_weights()
         if state is None:
             return
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source_model_path))
@@ -413,7 +465,8 @@ class LearnerRank(StageSteps):
     def reset_reference(self, reset_optimizer: bool = False) -> dict[str, float]:
         """ProRL-style reset: reference ← current policy (shard by shard); optionally clear the optimizer state."""
         if self.reference is None:
-            raise RuntimeError("reset_reference called but this learner has no reference model (kl_coef == 0)")
+            raise RuntimeError("reset_reference called but this learner has no reference model of its own (kl_coef "
+                               "== 0, or LoRA, whose reference is the base model)")
         self.backend.copy_policy_into(self.reference)
         if reset_optimizer:
             self.backend.reset_optimizer()

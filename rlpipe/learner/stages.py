@@ -28,7 +28,7 @@ class PreferenceSettings:
 
 class StageSteps:
     """SFT and preference steps of a learner rank (see the module docstring). Host attributes: ``backend``,
-    ``reference``, ``pad_id``, ``device``, ``_micro_batch_rows``."""
+    ``reference_logprobs``, ``pad_id``, ``device``, ``_micro_batch_rows``."""
 
     # --- supervised fine-tuning -------------------------------------------------------------------------------
 
@@ -103,7 +103,7 @@ class StageSteps:
         ref = None
         if not REFERENCE_FREE[settings.loss]:
             with torch.no_grad():
-                ref = sequence_logprobs(forward_logprobs(self.reference, micro, 1.0).logprobs, micro.response_mask,
+                ref = sequence_logprobs(self.reference_logprobs(micro, 1.0), micro.response_mask,
                                         mean)
         real = shard.loss_mask[rows[0::2]].to(self.device)  # [pairs in this micro-batch]
         share = int(real.sum()) / max(1, num_pairs) * self.world_size

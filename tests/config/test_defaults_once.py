@@ -65,7 +65,7 @@ SETTINGS = [
     "rlpipe.learner.objective:ObjectiveSettings", "rlpipe.learner.rank:OptimizerSettings",
     "rlpipe.learner.score_head:ScoreHeadSettings", "rlpipe.rollout.types:SamplingSettings",
     "rlpipe.driver.collect:CollectSettings", "rlpipe.driver.trainer:StepSettings",
-    "rlpipe.learner.rank:CorrectionSettings",
+    "rlpipe.learner.rank:CorrectionSettings", "rlpipe.learner.lora:LoraSettings",
 ]
 
 
