@@ -6,6 +6,7 @@ The config is frozen after validation (``Config.freeze``): nothing downstream ch
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Iterable
 
@@ -92,9 +93,7 @@ def _lora(cfg: Config) -> list[str]:
     if r.interval_steps or r.kl_threshold or r.plateau_evals:
         errors.append("model.lora: the KL reference is the base model, which a reference reset cannot move; turn "
                       "algorithm.reference_reset off")
-    try:
-        import peft  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("peft") is None:  # looked up, not imported (peft imports transformers)
         errors.append(f"model.lora.rank={lora.rank} needs peft: pip install 'rlpipe[lora]'")
     return errors
 
