@@ -108,11 +108,3 @@ def save_adapter(path: str, state: dict[str, torch.Tensor], settings: LoraSettin
     config.save_pretrained(path)
     save_file({k: v.contiguous() for k, v in adapter_state(state).items()}, os.path.join(path, "adapter_model.safetensors"))
 
-
-def parameter_report(module: torch.nn.Module) -> dict[str, float]:
-    """Trainable and total parameters, and the AdamW state the trainable ones need (two float32 moments each)."""
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in module.parameters())
-    return {"trainable_params": float(trainable), "total_params": float(total),
-            "optimizer_state_bytes": float(2 * 4 * trainable)}
-

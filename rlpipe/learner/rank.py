@@ -133,17 +133,15 @@ class LearnerRank(StageSteps):
     def _lora_metrics(self) -> dict[str, float]:
         """What LoRA trains and moves, per step: trainable parameters, their AdamW state, and the bytes of a weight
         push — merged full weights (what rlpipe pushes) against the adapter alone."""
-        from rlpipe.learner.lora import parameter_report
-
-        report = parameter_report(self.backend.module)
-        params = list(self.backend.module.named_parameters())
+        params = list(self.backend.module.named_parameters())  # numel() of a DTensor shard is the whole tensor's
+        trainable = sum(p.numel() for _, p in params if p.requires_grad)
         adapter = sum(p.numel() * p.element_size() for n, p in params if ".lora_" in n)
         merged = sum(p.numel() * p.element_size() for n, p in params if ".lora_" not in n)
-        if getattr(self.backend.module.config, "tie_word_embeddings", False):
+        if getattr(self.backend.module.config, "tie_word_embeddings", False):  # lm_head.weight is sent too
             merged += sum(p.numel() * p.element_size() for n, p in params if n.endswith("embed_tokens.weight"))
-        return {"lora/trainable_params": report["trainable_params"], "lora/total_params": report["total_params"],
-                "lora/optimizer_state_bytes": report["optimizer_state_bytes"], "sync/merged_push_bytes": float(merged),
-                "sync/adapter_push_bytes": float(adapter)}
+        return {"lora/trainable_params": float(trainable), "lora/total_params": float(sum(p.numel() for _, p in params)),
+                "lora/optimizer_state_bytes": float(2 * 4 * trainable),  # AdamW: two float32 moments each
+                "sync/merged_push_bytes": float(merged), "sync/adapter_push_bytes": float(adapter)}
 
     def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
         common = dict(device_type=self.device.type, lr=optimizer.lr, betas=tuple(optimizer.betas),
@@ -388,8 +386,10 @@ class LearnerRank(StageSteps):
         """Collective. Full CPU weights on rank 0 (tied ``lm_head.weight`` included explicitly; with LoRA, the adapters
         merged into them), None elsewhere."""
         state = self.backend.full_state_dict()
-        if state is None:
-            return None
+        return None if state is None else self._plain_weights(state)
+
+    def _plain_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The module's full state -> the plain model's weights: adapters merged, a tied output layer spelled out."""
         if self.lora is not None:
             from rlpipe.learner.lora import merge_state
 
@@ -405,19 +405,17 @@ class LearnerRank(StageSteps):
         ``path`` and the adapter in ``path/adapter``."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+        state = self.backend.full_state_dict()  # the one collective: every rank takes part, rank 0 writes
+        if state is None:
+            return
         if self.lora is not None:
-            state = self.backend.full_state_dict()
-            if state is None:
-                return
             from rlpipe.learner.lora import save_adapter
 
             save_adapter(f"{path}/adapter" if self.lora.export_merged else path, state, self.lora, source_model_path)
             if not self.lora.export_merged:
                 AutoTokenizer.from_pretrained(source_model_path).save_pretrained(path)
                 return
-        state = self.export_weights()
-        if state is None:
-            return
+        state = self._plain_weights(state)
 
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source_model_path))

@@ -1,8 +1,11 @@
 """LoRA on the learner: the merge and the adapter export against peft's own model, the reference as the base with
-the adapters off, only adapters train, and vLLM's logprobs equal the learner's after every merged push. Real peft,
+the adapters off, only adapters train, vLLM's logprobs equal the learner's after every merged push, and the rank's
+exports (adapter directory; merged model + adapter) load back to the same model. Real peft,
 real FSDP2 (gloo, one rank), real vLLM (CPU build), tiny Qwen2 and Llama models."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 import torch
@@ -91,7 +94,7 @@ def _requests(tok):
             for i, q in enumerate(["Compute 12 + 7.", "Compute 30 - 4 + 2.", "Compute 5 + 5."])]
 
 
-def test_only_adapters_train_and_vllm_matches_the_learner_after_every_push(micro_model_dir):
+def test_only_adapters_train_and_vllm_matches_the_learner_after_every_push(micro_model_dir, tmp_path):
     from rlpipe.rollout.vllm_engine import VLLMEngine
 
     temperature = 0.8
@@ -133,5 +136,30 @@ def test_only_adapters_train_and_vllm_matches_the_learner_after_every_push(micro
             assert torch.equal(_full(p), frozen[n]), f"{n} is frozen but changed"
     out = learner.prepare(sample())
     assert float(out["kl_sum"].abs().max()) > 0  # the reference stayed the base while the adapters moved
+
+    # Exports: the peft adapter directory (default), and the merged model with the adapter beside it (on request).
+    from peft import PeftModel
+
+    ids = torch.tensor([[5, 17, 33, 8, 90, 41, 7]])
+    with torch.no_grad():
+        want = torch.log_softmax(_merged_logits(learner, micro_model_dir, ids), dim=-1)
+    learner.save_hf(str(tmp_path / "adapter_only"), str(micro_model_dir))
+    assert not (tmp_path / "adapter_only" / "config.json").exists()
+    adapted = PeftModel.from_pretrained(_model(micro_model_dir), str(tmp_path / "adapter_only")).eval()
+    learner.lora = dataclasses.replace(learner.lora, export_merged=True)
+    learner.save_hf(str(tmp_path / "merged"), str(micro_model_dir))
+    with torch.no_grad():
+        for model in (adapted, _model(tmp_path / "merged"),
+                      PeftModel.from_pretrained(_model(micro_model_dir), str(tmp_path / "merged" / "adapter"))):
+            torch.testing.assert_close(torch.log_softmax(model(input_ids=ids).logits, dim=-1), want, atol=1e-5, rtol=0)
     engine.shutdown()
     learner.shutdown()
+
+
+def _merged_logits(learner, model_dir, ids):
+    """Logits of the plain model loaded with the learner's exported (merged) weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)).eval()
+    model.load_state_dict(learner.export_weights())
+    return model(input_ids=ids).logits
