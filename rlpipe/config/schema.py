@@ -91,8 +91,8 @@ class ScoreHeadConfig(Section):
 
 @dataclass
 class LoraAdapterConfig(Section):
-    rank: int = _help("LoRA rank r (0 = off: every weight trains). With r > 0 only the adapters train (peft, on "
-                      "learner.backend=fsdp2), the KL reference is the base model with the adapters off, and the "
+    rank: int = _help("LoRA rank r (0 = off: every weight trains). With r > 0 only the adapters train (peft; FSDP2 "
+                      "or DeepSpeed), the KL reference is the base model with the adapters off, and the "
                       "engines get merged weights after each update (docs/lora.md).", 0)
     alpha: float = _help("LoRA alpha: an adapter's output is scaled by alpha / rank.", 32.0)
     dropout: float = _help("Dropout on an adapter's input (peft's lora_dropout).", 0.0)

@@ -87,8 +87,6 @@ def _lora(cfg: Config) -> list[str]:
     errors += _in_range("model.lora.dropout", lora.dropout, 0, 1, high_open=True)
     if not lora.target_modules:
         errors.append("model.lora.target_modules must name at least one linear layer (e.g. q_proj)")
-    if cfg.learner.backend != "fsdp2":
-        errors.append(f"model.lora.rank={lora.rank} runs on learner.backend=fsdp2 only (got {cfg.learner.backend})")
     r = cfg.algorithm.reference_reset
     if r.interval_steps or r.kl_threshold or r.plateau_evals:
         errors.append("model.lora: the KL reference is the base model, which a reference reset cannot move; turn "

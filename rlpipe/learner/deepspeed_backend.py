@@ -67,7 +67,8 @@ class DeepSpeedBackend:
         }
         # torch's AdamW, not DeepSpeed's fused/cpu Adam: those JIT-compile C++/CUDA ops at first use. With optimizer
         # offload DeepSpeed needs its CPU Adam (compiled once and cached by torch under ~/.cache/torch_extensions).
-        optimizer = None if offload_optimizer else torch.optim.AdamW(module.parameters(), **self._optim_args)
+        trainable = [p for p in module.parameters() if p.requires_grad]  # with LoRA: the adapters only
+        optimizer = None if offload_optimizer else torch.optim.AdamW(trainable, **self._optim_args)
         if offload_optimizer:
             config["optimizer"] = {"type": "AdamW", "params": {"lr": lr, "betas": list(betas),
                                                                 "weight_decay": weight_decay}}

@@ -108,3 +108,16 @@ def save_adapter(path: str, state: dict[str, torch.Tensor], settings: LoraSettin
     config.save_pretrained(path)
     save_file({k: v.contiguous() for k, v in adapter_state(state).items()}, os.path.join(path, "adapter_model.safetensors"))
 
+
+def lora_metrics(module: torch.nn.Module) -> dict[str, float]:
+    """What LoRA trains and moves, per step, from the module before a backend wraps it: trainable parameters, their
+    AdamW state, and the bytes of a weight push — merged full weights (what rlpipe pushes) against the adapter alone."""
+    params = list(module.named_parameters())
+    trainable = sum(p.numel() for _, p in params if p.requires_grad)
+    adapter = sum(p.numel() * p.element_size() for n, p in params if ".lora_" in n)
+    merged = sum(p.numel() * p.element_size() for n, p in params if ".lora_" not in n)
+    if getattr(module.config, "tie_word_embeddings", False):  # the push spells out lm_head.weight
+        merged += sum(p.numel() * p.element_size() for n, p in params if n.endswith("embed_tokens.weight"))
+    return {"lora/trainable_params": float(trainable), "lora/total_params": float(sum(p.numel() for _, p in params)),
+            "lora/optimizer_state_bytes": float(2 * 4 * trainable),  # AdamW: two float32 moments each
+            "sync/merged_push_bytes": float(merged), "sync/adapter_push_bytes": float(adapter)}

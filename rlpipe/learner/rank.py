@@ -22,7 +22,7 @@ from rlpipe.learner.batch import (SampleShard, TrainBatch, capped_cost, count_to
                                   padded_cost, split_by_tokens, summed_cost)
 from rlpipe.learner.fsdp2 import reshard
 from rlpipe.learner.heads import build_heads
-from rlpipe.learner.lora import LoraSettings
+from rlpipe.learner.lora import LoraSettings, adapters_disabled, inject, lora_metrics, merge_state, save_adapter
 from rlpipe.learner.packing import PACKING_MODES
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
 from rlpipe.learner.stages import StageSteps
@@ -118,30 +118,15 @@ class LearnerRank(StageSteps):
         hidden_size = policy.config.hidden_size
         self.lora = lora
         if lora is not None:  # adapters in the policy itself; the base (adapters off) is the reference
-            from rlpipe.learner.lora import inject
-
             policy = inject(policy, lora)
+        self.lora_metrics = lora_metrics(policy) if lora is not None else {}
         self.backend = self._build_backend(backend, policy, optimizer, backend_options)
         self.with_reference = with_reference
-        self.lora_metrics = self._lora_metrics() if lora is not None else {}
         self.reference = (self._build_reference(backend, load()) if with_reference and lora is None else None)
         self.heads = build_heads(heads, hidden_size, self.device, seed)
         self.hidden_layers = tuple(sorted({h.hidden_layer for h in self.heads if h.hidden_layer is not None}))
         # This step's micro-batches, per mini-batch, with their rows' positions in the shard: kept from prepare to update.
         self._prepared: list[list[tuple[TrainBatch, torch.Tensor]]] = []
-
-    def _lora_metrics(self) -> dict[str, float]:
-        """What LoRA trains and moves, per step: trainable parameters, their AdamW state, and the bytes of a weight
-        push — merged full weights (what rlpipe pushes) against the adapter alone."""
-        params = list(self.backend.module.named_parameters())  # numel() of a DTensor shard is the whole tensor's
-        trainable = sum(p.numel() for _, p in params if p.requires_grad)
-        adapter = sum(p.numel() * p.element_size() for n, p in params if ".lora_" in n)
-        merged = sum(p.numel() * p.element_size() for n, p in params if ".lora_" not in n)
-        if getattr(self.backend.module.config, "tie_word_embeddings", False):  # lm_head.weight is sent too
-            merged += sum(p.numel() * p.element_size() for n, p in params if n.endswith("embed_tokens.weight"))
-        return {"lora/trainable_params": float(trainable), "lora/total_params": float(sum(p.numel() for _, p in params)),
-                "lora/optimizer_state_bytes": float(2 * 4 * trainable),  # AdamW: two float32 moments each
-                "sync/merged_push_bytes": float(merged), "sync/adapter_push_bytes": float(adapter)}
 
     def _build_backend(self, name: str, module, optimizer: OptimizerSettings, options: dict):
         common = dict(device_type=self.device.type, lr=optimizer.lr, betas=tuple(optimizer.betas),
@@ -310,8 +295,6 @@ class LearnerRank(StageSteps):
         """The frozen reference's logprobs [m, T]: its own module, or with LoRA the policy with its adapters off."""
         if self.lora is None:
             return forward_logprobs(self.reference, micro, temperature).logprobs
-        from rlpipe.learner.lora import adapters_disabled
-
         with adapters_disabled(self.backend.module) as base:
             return forward_logprobs(base, micro, temperature).logprobs
 
@@ -391,8 +374,6 @@ class LearnerRank(StageSteps):
     def _plain_weights(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The module's full state -> the plain model's weights: adapters merged, a tied output layer spelled out."""
         if self.lora is not None:
-            from rlpipe.learner.lora import merge_state
-
             state = merge_state(state, self.lora.scaling)
         if "lm_head.weight" not in state and "model.embed_tokens.weight" in state:
             # Tied embeddings: vLLM keeps its own output layer, which stays stale unless it is sent too.
@@ -409,8 +390,6 @@ class LearnerRank(StageSteps):
         if state is None:
             return
         if self.lora is not None:
-            from rlpipe.learner.lora import save_adapter
-
             save_adapter(f"{path}/adapter" if self.lora.export_merged else path, state, self.lora, source_model_path)
             if not self.lora.export_merged:
                 AutoTokenizer.from_pretrained(source_model_path).save_pretrained(path)

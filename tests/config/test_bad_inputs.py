@@ -71,7 +71,7 @@ def _cases(tmp, model):
         (["train", "algorithm.max_generation_rounds=0"], "algorithm.max_generation_rounds"),
         (["train", "algorithm.reference_reset.interval_steps=5", "algorithm.kl_coef=0"], "reference_reset"),
         (["train", "model.lora.rank=-4"], "model.lora.rank"),
-        (["train", "model.lora.rank=8", "learner.backend=deepspeed"], "model.lora.rank"),
+        (["train", "model.lora.rank=8", "model.lora.alpha=0"], "model.lora.alpha"),
         (["train", "model.lora.rank=8", "algorithm.reference_reset.interval_steps=5"], "model.lora"),
         (["train", "model.lora.rank=8", "model.lora.target_modules=[]"], "model.lora.target_modules"),
         (["train", "algorithm.length_penalty=linear"], "algorithm.length_penalty"),

@@ -81,12 +81,6 @@ def test_merged_weights_and_the_adapter_export_give_the_adapted_models_logits(mo
         torch.testing.assert_close(loaded(input_ids=ids).logits, adapted, atol=1e-6, rtol=0)
 
 
-def _full(param) -> torch.Tensor:
-    """A parameter's whole tensor: FSDP2 keeps DTensor shards, but may leave the root's unsharded after a forward."""
-    param = param.detach()
-    return param.full_tensor() if hasattr(param, "full_tensor") else param
-
-
 def _requests(tok):
     return [GenerationRequest(f"p{i}", tuple(tok(tok.apply_chat_template([{"role": "user", "content": q}],
                                                                           add_generation_prompt=True, tokenize=False),
@@ -94,18 +88,21 @@ def _requests(tok):
             for i, q in enumerate(["Compute 12 + 7.", "Compute 30 - 4 + 2.", "Compute 5 + 5."])]
 
 
-def test_only_adapters_train_and_vllm_matches_the_learner_after_every_push(micro_model_dir, tmp_path):
+@pytest.mark.parametrize("backend,options", [("fsdp2", {}), ("deepspeed", {"zero_stage": 2}),
+                                             ("deepspeed", {"zero_stage": 3})],
+                         ids=["fsdp2", "deepspeed-zero2", "deepspeed-zero3"])
+def test_only_adapters_train_and_vllm_matches_the_learner_after_every_push(micro_model_dir, tmp_path, backend,
+                                                                           options):
     from rlpipe.rollout.vllm_engine import VLLMEngine
 
     temperature = 0.8
     learner = learner_rank(micro_model_dir, free_port(), lr=5e-2, micro_batch_samples=64, with_reference=True,
-                           kl_coef=0.01, temperature=temperature, lora=LORA)
+                           kl_coef=0.01, temperature=temperature, lora=LORA, backend=backend, backend_options=options)
     engine = VLLMEngine(str(micro_model_dir), seed=0, max_model_len=128, kv_cache_bytes=64 << 20)
     requests = _requests(engine.tokenizer)
-    module = learner.backend.module
-    frozen = {n: _full(p).clone() for n, p in module.named_parameters() if ".lora_" not in n}
+    frozen = {n: p for n, p in learner.backend.full_state_dict().items() if ".lora_" not in n}
     metrics = learner.lora_metrics
-    trainable = sum(p.numel() for n, p in module.named_parameters() if ".lora_" in n)
+    trainable = sum(p.numel() for n, p in inject(_model(micro_model_dir), LORA).named_parameters() if ".lora_" in n)
     assert metrics["lora/trainable_params"] == trainable < 0.2 * metrics["lora/total_params"]
     assert metrics["sync/adapter_push_bytes"] == 4 * trainable < metrics["sync/merged_push_bytes"]
 
@@ -131,9 +128,10 @@ def test_only_adapters_train_and_vllm_matches_the_learner_after_every_push(micro
         gaps.append((before, after))
     print("max |logprob diff| (before, after) each push:", gaps)
     assert all(before > 1e-2 and after < 1e-3 for before, after in gaps)
-    for n, p in module.named_parameters():
-        if ".lora_" not in n:
-            assert torch.equal(_full(p), frozen[n]), f"{n} is frozen but changed"
+    state = learner.backend.full_state_dict()
+    assert set(frozen) < set(state)
+    for n, p in frozen.items():
+        assert torch.equal(state[n], p), f"{n} is frozen but changed"
     out = learner.prepare(sample())
     assert float(out["kl_sum"].abs().max()) > 0  # the reference stayed the base while the adapters moved
 
