@@ -1,7 +1,7 @@
 """LoRA on the learner: the merge and the adapter export against peft's own model, the reference as the base with
 the adapters off, only adapters train, vLLM's logprobs equal the learner's after every merged push, and the rank's
-exports (adapter directory; merged model + adapter) load back to the same model. Real peft,
-real FSDP2 (gloo, one rank), real vLLM (CPU build), tiny Qwen2 and Llama models."""
+exports (adapter directory; merged model + adapter) load back to the same model. Real peft, real FSDP2 and
+DeepSpeed ZeRO-2 / ZeRO-3 (gloo, one rank), real vLLM (CPU build), tiny Qwen2 and Llama models."""
 
 from __future__ import annotations
 
