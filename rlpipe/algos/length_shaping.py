@@ -46,6 +46,9 @@ def group_length_penalty(
     return weight * torch.where(correct.bool(), lam, lam.clamp(max=0.0))
 
 
+LENGTH_PENALTIES = ("kimi", "alp")  # algorithm.length_penalty: group_length_penalty | adaptive_length_penalty
+
+
 def adaptive_length_penalty(
     lengths: torch.Tensor, correct: torch.Tensor, group_index: torch.Tensor, max_tokens: int, weight: float = 1.0
 ) -> torch.Tensor:
@@ -68,8 +71,7 @@ def adaptive_length_penalty(
         raise ValueError(f"max_tokens must be > 0 (got {max_tokens})")
     x = _as_float(lengths)
     _, inverse = torch.unique(group_index, return_inverse=True)
-    size = torch.zeros(int(inverse.max()) + 1 if inverse.numel() else 0, dtype=x.dtype).index_add_(
-        0, inverse, torch.ones_like(x))[inverse]
+    size = torch.bincount(inverse).to(x.dtype)[inverse]
     solve_rate = group_pass_rate(correct, inverse).to(x.dtype)
     return -weight * torch.maximum(solve_rate, 1.0 / size) * x / max_tokens
 

@@ -97,6 +97,7 @@ def _lora(cfg: Config) -> list[str]:
 
 
 def _data(cfg: Config) -> list[str]:
+    from rlpipe.algos.length_shaping import LENGTH_PENALTIES
     from rlpipe.driver.prompts import SAMPLERS
     from rlpipe.tasks.datasets import FORMATS, ON_BAD_ROW
     from rlpipe.tasks.modes import DATA_MODES
@@ -125,7 +126,7 @@ def _data(cfg: Config) -> list[str]:
     if any(not isinstance(b, int) or b < 1 for b in d.stated_budget_tokens):
         errors.append(f"data.stated_budget_tokens must hold token counts >= 1 (got {d.stated_budget_tokens})")
     errors += _choice("algorithm.budget_reward", cfg.algorithm.budget_reward, ["none", "exact", "max"])
-    errors += _choice("algorithm.length_penalty", cfg.algorithm.length_penalty, ["kimi", "alp"])
+    errors += _choice("algorithm.length_penalty", cfg.algorithm.length_penalty, LENGTH_PENALTIES)
     if cfg.algorithm.budget_reward != "none" and not d.stated_budget_tokens:
         errors.append(f"algorithm.budget_reward={cfg.algorithm.budget_reward} needs prompts that state a budget: "
                       f"set data.stated_budget_tokens")

@@ -22,6 +22,11 @@ import torch
 ADAPTER = "default"  # peft's adapter name; the only adapter a policy carries
 
 
+def is_adapter(name: str) -> bool:
+    """Whether a parameter / state-dict key belongs to an adapter (peft's ``lora_A`` / ``lora_B``)."""
+    return ".lora_" in name
+
+
 @dataclass(frozen=True)
 class LoraSettings:
     """``model.lora``: rank r (> 0), alpha, dropout, the names of the linear layers that get an adapter, and whether
@@ -38,15 +43,20 @@ class LoraSettings:
         return self.alpha / self.rank
 
 
+def _peft_config(settings: LoraSettings, **extra):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=list(settings.target_modules), bias="none", **extra)
+
+
 def inject(module: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
     """Add adapters to ``module`` in place and freeze everything else; returns the module."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), bias="none")
-    module = inject_adapter_in_model(config, module, adapter_name=ADAPTER)
+    module = inject_adapter_in_model(_peft_config(settings), module, adapter_name=ADAPTER)
     for name, param in module.named_parameters():
-        param.requires_grad_(".lora_" in name)
+        param.requires_grad_(is_adapter(name))
     if not any(p.requires_grad for p in module.parameters()):
         raise ValueError(f"model.lora.target_modules={list(settings.target_modules)} matched no linear layer")
     return module
@@ -76,9 +86,8 @@ def merge_state(state: dict[str, torch.Tensor], scaling: float) -> dict[str, tor
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if ".lora_" in key:
-            continue
-        out[key.replace(".base_layer.", ".")] = value
+        if not is_adapter(key):
+            out[key.replace(".base_layer.", ".")] = value
     for key, a in state.items():
         if not key.endswith(f".lora_A.{ADAPTER}.weight"):
             continue
@@ -92,21 +101,18 @@ def merge_state(state: dict[str, torch.Tensor], scaling: float) -> dict[str, tor
 def adapter_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter's tensors in peft's file layout (``base_model.model.<layer>.lora_A.weight``), from a full state."""
     return {f"base_model.model.{key.replace(f'.{ADAPTER}.', '.')}": value
-            for key, value in state.items() if ".lora_" in key}
+            for key, value in state.items() if is_adapter(key)}
 
 
 def save_adapter(path: str, state: dict[str, torch.Tensor], settings: LoraSettings, base_model_path: str) -> None:
     """A peft adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``), loadable with
     ``peft.PeftModel.from_pretrained(base, path)``."""
-    from peft import LoraConfig
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
-    config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=list(settings.target_modules), bias="none", task_type="CAUSAL_LM",
-                        base_model_name_or_path=base_model_path)
-    config.save_pretrained(path)
-    save_file({k: v.contiguous() for k, v in adapter_state(state).items()}, os.path.join(path, "adapter_model.safetensors"))
+    _peft_config(settings, task_type="CAUSAL_LM", base_model_name_or_path=base_model_path).save_pretrained(path)
+    save_file({k: v.contiguous() for k, v in adapter_state(state).items()},
+              os.path.join(path, "adapter_model.safetensors"))
 
 
 def lora_metrics(module: torch.nn.Module) -> dict[str, float]:
@@ -114,8 +120,8 @@ def lora_metrics(module: torch.nn.Module) -> dict[str, float]:
     AdamW state, and the bytes of a weight push — merged full weights (what rlpipe pushes) against the adapter alone."""
     params = list(module.named_parameters())
     trainable = sum(p.numel() for _, p in params if p.requires_grad)
-    adapter = sum(p.numel() * p.element_size() for n, p in params if ".lora_" in n)
-    merged = sum(p.numel() * p.element_size() for n, p in params if ".lora_" not in n)
+    adapter = sum(p.numel() * p.element_size() for n, p in params if is_adapter(n))
+    merged = sum(p.numel() * p.element_size() for n, p in params if not is_adapter(n))
     if getattr(module.config, "tie_word_embeddings", False):  # the push spells out lm_head.weight
         merged += sum(p.numel() * p.element_size() for n, p in params if n.endswith("embed_tokens.weight"))
     return {"lora/trainable_params": float(trainable), "lora/total_params": float(sum(p.numel() for _, p in params)),

@@ -103,8 +103,7 @@ class StageSteps:
         ref = None
         if not REFERENCE_FREE[settings.loss]:
             with torch.no_grad():
-                ref = sequence_logprobs(self.reference_logprobs(micro, 1.0), micro.response_mask,
-                                        mean)
+                ref = sequence_logprobs(self.reference_logprobs(micro, 1.0), micro.response_mask, mean)
         real = shard.loss_mask[rows[0::2]].to(self.device)  # [pairs in this micro-batch]
         share = int(real.sum()) / max(1, num_pairs) * self.world_size
         per_pair, metrics = preference_loss(
