@@ -79,8 +79,14 @@ class ChatEncoder:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.eos_id = tokenizer.eos_token_id
+        # A fast tokenizer's Rust core, called directly: the same ids as ``tokenizer(text)["input_ids"]`` (tested)
+        # without transformers' per-call bookkeeping, which was two thirds of reading the default job's 48,000
+        # teacher traces (two renders per row).
+        self._backend = tokenizer.backend_tokenizer if getattr(tokenizer, "is_fast", False) else None
 
     def ids(self, text: str, special: bool = False) -> list[int]:
+        if self._backend is not None:
+            return self._backend.encode(text, add_special_tokens=special).ids
         return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
     def render(self, messages: list[dict[str, str]], generation_prompt: bool, mode: str = "none") -> list[int]:

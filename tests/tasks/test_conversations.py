@@ -63,6 +63,18 @@ def test_text_trains_every_token_after_the_first(tokenizer):
     assert _text(tokenizer, e.prompt_ids + e.response_ids) == "hello 42" + tokenizer.eos_token
 
 
+@pytest.mark.parametrize("special", [False, True])
+def test_the_encoders_fast_path_gives_the_tokenizers_own_ids(tokenizer, special):
+    # ChatEncoder calls the Rust tokenizer directly; it must agree with the tokenizer's __call__ on chat markup,
+    # special tokens, spaces, digits and non-ASCII text.
+    enc = ChatEncoder(tokenizer)
+    assert enc._backend is not None  # the fast path is the one under test
+    texts = [tokenizer.apply_chat_template(CHAT, tokenize=False), "  12 + 345 = 357\n\n", "<|im_end|>x<|im_start|>",
+             "naïve café ∑ 42", "", tokenizer.eos_token * 2]
+    for text in texts:
+        assert enc.ids(text, special) == tokenizer(text, add_special_tokens=special)["input_ids"], text
+
+
 def test_a_template_that_rewrites_earlier_turns_is_refused(micro_model_dir):
     tok = AutoTokenizer.from_pretrained(micro_model_dir)
     # Drops every assistant turn but the last (as templates that strip past reasoning do).
