@@ -12,7 +12,11 @@ from torch.distributed.fsdp import fully_shard
 
 
 def shard_model(module: torch.nn.Module, device_type: str) -> torch.nn.Module:
-    """Shard each decoder layer, then the root (embeddings, final norm and a tied lm_head stay together)."""
+    """Shard each decoder layer, then the root (embeddings, final norm and a tied lm_head stay together). On one rank
+    the module stays plain: FSDP2 over a single rank shards nothing, and its DTensor dispatch (and the per-tensor
+    AdamW it falls back to) made an SFT step of the tiny model 1.29x slower (docs/learners.md)."""
+    if dist.get_world_size() == 1:
+        return module
     mesh = init_device_mesh(device_type, (dist.get_world_size(),))
     for layer in module.model.layers:
         fully_shard(layer, mesh=mesh)
@@ -41,6 +45,7 @@ class FSDP2Backend:
         max_grad_norm: float,
     ):
         self.module = shard_model(module, device_type)
+        self.sharded = dist.get_world_size() > 1
         self.max_grad_norm = max_grad_norm
         self._optim_args = dict(lr=lr, betas=betas, weight_decay=weight_decay)
         self.optimizer = torch.optim.AdamW(self._trainable(), **self._optim_args)
@@ -49,8 +54,8 @@ class FSDP2Backend:
         return [p for p in self.module.parameters() if p.requires_grad]  # with LoRA: the adapters only
 
     def backward(self, loss: torch.Tensor, is_last_micro_batch: bool) -> None:
-        # Reduce-scatter gradients once per mini-batch, not once per micro-batch.
-        self.module.set_requires_gradient_sync(is_last_micro_batch)
+        if self.sharded:  # reduce-scatter gradients once per mini-batch, not once per micro-batch
+            self.module.set_requires_gradient_sync(is_last_micro_batch)
         loss.backward()
 
     def step(self) -> float:
