@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 
 def shard_model(module: torch.nn.Module, device_type: str) -> torch.nn.Module:
@@ -26,8 +26,6 @@ def shard_model(module: torch.nn.Module, device_type: str) -> torch.nn.Module:
 
 def reshard(module: torch.nn.Module) -> None:
     """Free unsharded parameters FSDP2 may keep after a forward (so state dicts and copies see shards)."""
-    from torch.distributed.fsdp import FSDPModule
-
     for m in module.modules():
         if isinstance(m, FSDPModule):
             m.reshard()
@@ -45,7 +43,7 @@ class FSDP2Backend:
         max_grad_norm: float,
     ):
         self.module = shard_model(module, device_type)
-        self.sharded = dist.get_world_size() > 1
+        self.sharded = isinstance(self.module, FSDPModule)  # shard_model's own decision (one rank: plain)
         self.max_grad_norm = max_grad_norm
         self._optim_args = dict(lr=lr, betas=betas, weight_decay=weight_decay)
         self.optimizer = torch.optim.AdamW(self._trainable(), **self._optim_args)
