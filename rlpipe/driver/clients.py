@@ -345,6 +345,7 @@ def _shard(rollouts: "Rollouts", loss_mask: torch.Tensor, rows: Sequence[tuple[i
         minibatch=[mb for _, mb, _ in samples],
         outcome=[float(rollouts.correct[i]) for i, _, _ in samples],
         format_ok=[not bool(rollouts.parse_failed[i]) for i, _, _ in samples],
+        token_masks=[c.token_mask for c in completions],
     )
 
 

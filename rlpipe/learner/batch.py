@@ -238,24 +238,29 @@ class SampleShard:
     @staticmethod
     def build(prompts: Sequence[Sequence[int]], prompt_index: Sequence[int], responses: Sequence[Sequence[int]],
               logprobs: Sequence[Sequence[float]], loss_mask: Sequence[bool], minibatch: Sequence[int],
-              outcome: Sequence[float], format_ok: Sequence[bool]) -> "SampleShard":
+              outcome: Sequence[float], format_ok: Sequence[bool],
+              token_masks: Optional[Sequence[Optional[Sequence[bool]]]] = None) -> "SampleShard":
+        """``token_masks``: per sample, which response tokens get a loss (None for a sample: all of them); multi-turn
+        rollouts mask the tokens their environment inserted."""
         prompt_ids, prompt_lengths = _token_ids(prompts)
         response_ids, response_lengths = _token_ids(responses)
         rollout_logprobs, _ = _flat(logprobs, torch.float32)
+        token_mask = None
+        if token_masks is not None and any(m is not None for m in token_masks):
+            token_mask = torch.tensor([bool(x) for m, r in zip(token_masks, responses)
+                                       for x in (m if m is not None else [True] * len(r))], dtype=torch.bool)
         return SampleShard(prompt_ids, prompt_lengths, torch.tensor(prompt_index, dtype=torch.int32), response_ids,
                            response_lengths, rollout_logprobs, torch.tensor(loss_mask, dtype=torch.bool),
                            torch.tensor(minibatch, dtype=torch.int32), torch.tensor(outcome, dtype=torch.float32),
-                           torch.tensor(format_ok, dtype=torch.bool))
+                           torch.tensor(format_ok, dtype=torch.bool), token_mask)
 
     @staticmethod
     def supervised(prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]],
                    token_masks: Sequence[Sequence[bool]], loss_mask: Sequence[bool]) -> "SampleShard":
         """Supervised examples (each its own prompt, one mini-batch) in the layout of rollout samples."""
         n = len(responses)
-        shard = SampleShard.build(prompts, list(range(n)), responses, [[0.0] * len(r) for r in responses], loss_mask,
-                                  [0] * n, [0.0] * n, [True] * n)
-        shard.token_mask = torch.tensor([bool(x) for m in token_masks for x in m], dtype=torch.bool)
-        return shard
+        return SampleShard.build(prompts, list(range(n)), responses, [[0.0] * len(r) for r in responses], loss_mask,
+                                 [0] * n, [0.0] * n, [True] * n, token_masks=token_masks)
 
     @property
     def num_samples(self) -> int:

@@ -37,6 +37,9 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...]
     num_samples: int
     seed: int  # per-request seed: sampling does not depend on how requests are batched or on which engine
+    # At most this many new tokens (None: the sampling settings' limit). A multi-turn rollout's later turns get what
+    # is left of the response budget (rlpipe.rollout.multi_turn).
+    max_new_tokens: Optional[int] = None
 
 
 @dataclass
@@ -52,6 +55,15 @@ class Completion:
     # The policy version whose weights generated it (learner updates before those weights), stamped by the driver's
     # rollout client: an engine serves a whole generate call with one set of weights.
     policy_version: int = 0
+    # Multi-turn rollouts (rlpipe.rollout.multi_turn). ``token_mask`` [len(response_ids)]: True on the tokens the model
+    # sampled, False on those an environment inserted (tool outputs and their chat markup, logprob 0); None: all the
+    # model's. ``infra_error``: a tool could not run, so the sample is dropped and counted, never scored.
+    token_mask: Optional[Sequence[bool]] = None
+    turns: int = 1
+    tool_calls: int = 0
+    tool_errors: int = 0
+    env_reward: float = 0.0
+    infra_error: Optional[str] = None
 
 
 class RolloutEngine(Protocol):
