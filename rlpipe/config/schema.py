@@ -57,6 +57,9 @@ class TinyModelConfig(Section):
     teacher_slip_rate: float = _help(
         "How often the warm-start teacher drops a needed carry/borrow (rlpipe/tasks/arithmetic.py): imitation copies "
         "the habit, RL with an exact verifier has to unlearn it. 0 = a clean teacher.", 0.6)
+    teacher_tool_rate: float = _help(
+        "data.task=tool_arithmetic: the share of the warm-start teacher's traces that call the calculator "
+        "(rlpipe/tasks/tool_arithmetic.py); the rest answer from the head, which the tiny model cannot do.", 0.2)
     seed: int = _help("Seed for the tokenizer corpus, the initial weights and the warm-start data.", 0)
     cache_dir: Optional[str] = _help(
         "Where warm-started models are cached (keyed by a hash of every setting); default ~/.cache/rlpipe/warmstart.",
@@ -119,8 +122,9 @@ class ModelConfig(Section):
 
 @dataclass
 class DataConfig(Section):
-    task: str = _help("Prompt source: 'arithmetic' (synthetic, infinite) or 'file' (a data set file; see data.file).",
-                      "arithmetic")
+    task: str = _help("Prompt source: 'arithmetic' (synthetic, infinite), 'tool_arithmetic' (synthetic products where "
+                      "the calculator tool is the way to be right; docs/agents.md) or 'file' (a data set file; see "
+                      "data.file).", "arithmetic")
     prompts_per_step: int = _help("Prompts (groups) per RL step, global.", 32)
     heldout_size: int = _help("Held-out problems for evaluation (fixed, disjoint from training).", 256)
     seed: int = _help("Seed of the training prompt stream (and of the held-out set for synthetic tasks).", 1234)
@@ -253,6 +257,16 @@ class RolloutConfig(Section):
         "vLLM: give every request its own seed, so a sample does not depend on what else is in the engine's batch "
         "(nor on rollout.num_engines). Off: one seed per generate call (reproducible all the same, also after a "
         "restart or resume), and vLLM's batched sampler and chunked prefill, which are faster.", False)
+    environment: Optional[str] = _help(
+        "Multi-turn rollouts (docs/agents.md): the environment each rollout talks to between the model's turns "
+        "(rlpipe.agents.env registry: tools). Null: one turn, no environment.", None)
+    tools: list[str] = _help("The tools environment=tools offers (rlpipe.agents.tools registry: calculator, python).",
+                             default_factory=list)
+    tool_options: dict[str, dict] = _help("Per-tool keyword options, e.g. {python: {timeout_s: 5}}.",
+                                          default_factory=dict)
+    max_turns: int = _help("Most model turns per rollout; a rollout still calling tools then is cut (finish_reason "
+                           "length). rollout.max_response_tokens bounds all its tokens, tool outputs included.", 4)
+    tool_workers: int = _help("Threads per rollout actor running tool calls (a sandboxed program takes ~0.1 s).", 4)
 
 
 @dataclass

@@ -103,7 +103,7 @@ def _data(cfg: Config) -> list[str]:
     from rlpipe.tasks.modes import DATA_MODES
 
     d = cfg.data
-    errors = _choice("data.task", d.task, ["arithmetic", "file"])
+    errors = _choice("data.task", d.task, ["arithmetic", "tool_arithmetic", "file"])
     errors += _at_least("data.prompts_per_step", d.prompts_per_step, 1)
     errors += _at_least("data.heldout_size", d.heldout_size, 1)
     errors += _at_least("data.max_prompt_tokens", d.max_prompt_tokens, 1)
@@ -150,13 +150,15 @@ def _data(cfg: Config) -> list[str]:
             if cfg.verifier.name != kind and ":" not in cfg.verifier.name:
                 errors.append(f"data.format={d.format} holds {kind} tasks: use verifier={kind} "
                               f"(got verifier.name={cfg.verifier.name})")
-    elif d.task == "arithmetic":
+    elif d.task in ("arithmetic", "tool_arithmetic"):
         if cfg.verifier.name != "arithmetic" and ":" not in cfg.verifier.name:
-            errors.append(f"the arithmetic task is scored by verifier.name=arithmetic (got {cfg.verifier.name})")
+            errors.append(f"the {d.task} task is scored by verifier.name=arithmetic (got {cfg.verifier.name})")
         for field, value in (("data.file", d.file), ("data.heldout_file", d.heldout_file)):
             if value:
-                errors.append(f"{field} is set but data.task=arithmetic does not read it (use data.task=file or a "
+                errors.append(f"{field} is set but data.task={d.task} does not read it (use data.task=file or a "
                               f"data preset such as data=gsm8k)")
+    if d.task == "tool_arithmetic" and d.mode != "none":
+        errors.append(f"data.task=tool_arithmetic has no reasoning modes (got data.mode={d.mode})")
     return errors
 
 
@@ -235,6 +237,30 @@ def _rollout(cfg: Config) -> list[str]:
     errors += _at_least("rollout.kv_cache_bytes", r.kv_cache_bytes, 1 << 20)
     if not 0 < r.gpu_memory_utilization <= 1:
         errors.append(f"rollout.gpu_memory_utilization must be in (0, 1] (got {r.gpu_memory_utilization})")
+    return errors + _multi_turn(cfg)
+
+
+def _multi_turn(cfg: Config) -> list[str]:
+    from rlpipe.agents.env import ENVIRONMENTS
+    from rlpipe.agents.tools import tool_names
+
+    r = cfg.rollout
+    if r.environment is None:
+        if r.tools:
+            return [f"rollout.tools={list(r.tools)} needs rollout.environment=tools (multi-turn rollouts)"]
+        return ["data.task=tool_arithmetic needs rollout.environment=tools (use the preset: data=tool_arithmetic)"] \
+            if cfg.data.task == "tool_arithmetic" else []
+    errors = _choice("rollout.environment", r.environment, sorted(ENVIRONMENTS))
+    errors += [f"rollout.tools: unknown tool {t!r}; valid: {', '.join(tool_names())}" for t in r.tools
+               if t not in tool_names()]
+    errors += [f"rollout.tool_options.{t} is set but {t} is not in rollout.tools" for t in r.tool_options
+               if t not in r.tools]
+    if r.environment == "tools" and not r.tools:
+        errors.append("rollout.environment=tools needs at least one tool in rollout.tools")
+    errors += _at_least("rollout.max_turns", r.max_turns, 1)
+    errors += _at_least("rollout.tool_workers", r.tool_workers, 1)
+    if r.thinking_budget_tokens is not None:
+        errors.append("rollout.thinking_budget_tokens does not apply to multi-turn rollouts (rollout.environment)")
     return errors
 
 

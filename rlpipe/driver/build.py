@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from rlpipe.config.schema import Config
 from rlpipe.driver.collect import CollectSettings
 from rlpipe.driver.resets import ResetPolicy
@@ -157,6 +159,17 @@ def model_dir(cfg: Config) -> str:
         raise UserError(f"data.mode={cfg.data.mode} needs a model that knows the modes: the tiny warm-start teaches "
                         f"the task without them. Train one with `rlpipe sft data.mode={cfg.data.mode}` and give its "
                         f"final_model as model.path (docs/modes.md)")
+    task = "tool_arithmetic" if cfg.data.task == "tool_arithmetic" else "arithmetic"
     return str(warmstart(size=t.size, steps=t.warmstart_steps, lr=t.warmstart_lr, batch_size=t.warmstart_batch_size,
                          seed=t.seed, slip_rate=t.teacher_slip_rate, cache_dir=t.cache_dir,
-                         think_tokens=cfg.data.mode != "none"))
+                         think_tokens=cfg.data.mode != "none", task=task, tool_rate=t.teacher_tool_rate))
+
+
+def multi_turn_options(cfg: Config) -> Optional[dict]:
+    """The rollout engines' multi-turn wrapper (rlpipe.rollout.multi_turn), or None for one-turn rollouts."""
+    r = cfg.rollout
+    if r.environment is None:
+        return None
+    options = dict(tools=list(r.tools), tool_options={k: dict(v) for k, v in r.tool_options.items()})
+    return dict(environment=r.environment, environment_options=options, max_turns=r.max_turns,
+                tool_workers=r.tool_workers)

@@ -169,7 +169,7 @@ class Collector:
                 break  # a fixed pool with no prompt left that this step does not already have
             in_step.update(p.uid for p in prompts)
             with timed(m, "generate"):  # in asynchronous mode: the wait for samples generated while training
-                completions = self._fresh(self._completions(draw), staleness)
+                completions = usable(self._fresh(self._completions(draw), staleness), counts)
             with timed(m, "verify"):
                 scored = self.verify(prompts, requests, completions, counts)
             informative = zero_variance_group_mask(scored.rewards, scored.group_index)
@@ -189,6 +189,7 @@ class Collector:
             "verify/error_frac": counts[VerdictKind.ERROR.value] / total,
             "verify/retried": float(counts["retried"]),
             "verify/dropped": float(counts["dropped"]),
+            "rollout/tool_infra_dropped": float(counts["tool_infra_dropped"]),
             "filter/rounds": float(rounds),
             "filter/kept_frac": num_kept / max(1, generated),
             "filter/zero_var_frac": zero_variance / max(1, generated),
@@ -221,6 +222,8 @@ class Collector:
         correct = torch.tensor([v.kind == VerdictKind.CORRECT for _, v in pairs], dtype=torch.bool)
         group_index = torch.tensor([by_uid[x.request_id] for x in kept], dtype=torch.long)
         lengths = torch.tensor([len(x.response_ids) for x in kept])
+        if any(x.env_reward for x in kept):  # an environment's own rewards (multi-turn rollouts) add to the verdict
+            rewards = rewards + torch.tensor([x.env_reward for x in kept], dtype=torch.float32)
         if self.s.budget_reward != "none":  # L1: the reward is correctness and meeting the prompt's stated budget
             budgets = torch.tensor([prompts[g].gold["budget_tokens"] for g in group_index.tolist()])
             rewards = (budget_reward_exact(lengths, correct, budgets, self.s.budget_reward_alpha)
@@ -239,6 +242,14 @@ class Collector:
         parse_failed = torch.tensor([v.kind == VerdictKind.PARSE_FAIL for _, v in pairs], dtype=torch.bool)
         self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})
         return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index, parse_failed)
+
+
+def usable(completions: list[Completion], counts: Counter) -> list[Completion]:
+    """The completions whose tools all ran; a rollout a tool could not serve (``infra_error``) is dropped and counted
+    (``tool_infra_dropped``), never scored as a wrong answer."""
+    kept = [c for c in completions if c.infra_error is None]
+    counts["tool_infra_dropped"] += len(completions) - len(kept)
+    return kept
 
 
 def staleness_metrics(staleness: Counter, max_staleness_steps: int) -> dict[str, float]:

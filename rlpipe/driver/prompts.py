@@ -103,7 +103,8 @@ class ArithmeticStream:
     def __init__(self, data: DataConfig, heldout_questions: set[str]):
         from rlpipe.tasks.arithmetic import TrainStream
 
-        self.stream = TrainStream(seed=data.seed, exclude=heldout_questions, operations=tuple(data.operations))
+        self.stream = TrainStream(seed=data.seed, exclude=heldout_questions, operations=tuple(data.operations),
+                                  make=problem_maker(data.task))
         self.data = data
 
     def next_batch(self, n: int, exclude: AbstractSet[str] = frozenset()) -> list[PromptItem]:
@@ -271,11 +272,21 @@ def training_pool(data: DataConfig, heldout_questions: set[str]) -> list[PromptI
     return stream.next_batch(data.pool_size)
 
 
+def problem_maker(task: str):
+    """How a synthetic task draws one problem: rlpipe.tasks.arithmetic's, or tool_arithmetic's products."""
+    if task == "tool_arithmetic":
+        from rlpipe.tasks.tool_arithmetic import make_problem
+    else:
+        from rlpipe.tasks.arithmetic import make_problem
+    return make_problem
+
+
 def arithmetic_heldout(data: DataConfig):
-    """The arithmetic task's held-out problems (rlpipe.tasks.arithmetic.Problem)."""
+    """The synthetic task's held-out problems (rlpipe.tasks.arithmetic.Problem)."""
     from rlpipe.tasks.arithmetic import heldout_set
 
-    return heldout_set(n=data.heldout_size, seed=data.seed + 1, operations=tuple(data.operations))
+    return heldout_set(n=data.heldout_size, seed=data.seed + 1, operations=tuple(data.operations),
+                       make=problem_maker(data.task))
 
 
 def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]] = None,
@@ -285,7 +296,7 @@ def build_prompts(data: DataConfig, prompt_length: Optional[Callable[[str], int]
     For data set files, ``prompt_length(text) -> tokens`` enables the prompt-length check at load time and
     ``quarantine`` is where skipped rows are written (``data.quarantine_file`` overrides it).
     """
-    if data.task == "arithmetic" and data.pool_size == 0:
+    if data.task != "file" and data.pool_size == 0:
         heldout = arithmetic_heldout(data)
         return (ArithmeticStream(data, {p.question for p in heldout}),
                 frame_heldout([arithmetic_item(p) for p in heldout], data))

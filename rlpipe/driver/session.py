@@ -170,7 +170,7 @@ def build_rollout(cfg: Config, model_path: str, max_model_len: int, wait: bool =
         dict(engine=r.engine, model_path=model_path, seed=cfg.trainer.seed + i, dtype=cfg.model.dtype,
              max_model_len=max_model_len, kv_cache_bytes=r.kv_cache_bytes,
              gpu_memory_utilization=r.gpu_memory_utilization, enforce_eager=r.enforce_eager,
-             seed_per_request=r.seed_per_request)
+             seed_per_request=r.seed_per_request, multi_turn=build.multi_turn_options(cfg))
         for i in range(r.num_engines)
     ], wait=wait)
     client = RolloutClient(group)

@@ -128,8 +128,13 @@ def heldout_accuracy(rollout: RolloutClient, verifiers: VerifierClient, tokenize
     requests = make_requests(heldout, tokenize, 1, "greedy")
     completions = rollout.generate(requests, SamplingSettings.unforced(temperature=0.0, top_p=1.0,
                                                                        max_response_tokens=max_response_tokens))
-    verdicts, _ = verifiers.score([(c.text, p.gold) for c, p in zip(completions, heldout)])
+    # A rollout a tool could not serve is not scored (it counts in eval/unscored, like a verifier failure).
+    verdicts, _ = verifiers.score([(c.text, p.gold) for c, p in zip(completions, heldout) if c.infra_error is None])
+    verdicts = iter(verdicts)
+    verdicts = [next(verdicts) if c.infra_error is None else None for c in completions]
     metrics = _accuracy_metrics("eval/", verdicts, completions, len(heldout))
+    metrics.update(tool_metrics("eval/", completions, [v is not None and v.kind == VerdictKind.CORRECT
+                                                       for v in verdicts]))
     for mode in sorted({p.mode for p in heldout} - {"none"}):  # each mode's own accuracy, length and format
         mine = [i for i, p in enumerate(heldout) if p.mode == mode]
         metrics.update(_accuracy_metrics(f"eval/{mode}/", [verdicts[i] for i in mine],
@@ -160,7 +165,33 @@ def rollout_metrics(rollouts: Rollouts) -> dict[str, float]:
         "rollout/num_samples": float(len(lengths)),
         "rollout/generated_tokens": float(lengths.sum()),
         **tokens_by_difficulty("calibration/", lengths, rollouts.correct, rollouts.group_index),
+        **tool_metrics("rollout/", rollouts.completions, rollouts.correct.tolist()),
     }
+
+
+def tool_metrics(prefix: str, completions: Sequence, correct: Sequence[bool]) -> dict[str, float]:
+    """Multi-turn rollouts (none for one-turn ones): how often the model called a tool, how many of its calls ran
+    without an error, its turns and own tokens, and the accuracy with and without a call."""
+    if not any(c.token_mask is not None for c in completions):
+        return {}
+    n = max(1, len(completions))
+    calls = sum(c.tool_calls for c in completions)
+    with_tool = [ok for c, ok in zip(completions, correct) if c.tool_calls]
+    without = [ok for c, ok in zip(completions, correct) if not c.tool_calls]
+    out = {
+        f"{prefix}tool_call_rate": sum(c.tool_calls > 0 for c in completions) / n,
+        f"{prefix}tool_calls_mean": calls / n,
+        f"{prefix}turns_mean": sum(c.turns for c in completions) / n,
+        f"{prefix}model_tokens_mean": sum(sum(c.token_mask) if c.token_mask is not None else len(c.response_ids)
+                                          for c in completions) / n,
+    }
+    if calls:  # the share of calls that ran without an error (bad JSON, unknown tool, a refused expression, ...)
+        out[f"{prefix}tool_success_rate"] = (calls - sum(c.tool_errors for c in completions)) / calls
+    if with_tool:
+        out[f"{prefix}accuracy_with_tool"] = sum(with_tool) / len(with_tool)
+    if without:
+        out[f"{prefix}accuracy_without_tool"] = sum(without) / len(without)
+    return out
 
 
 def tokens_by_difficulty(prefix: str, lengths: torch.Tensor, correct: torch.Tensor,

@@ -20,6 +20,9 @@ CHAT_TEMPLATE = (
 )
 # Added (not special) tokens, as in Qwen3: one id each, and kept when a response is decoded, so verifiers see them.
 THINK_TOKENS = ["<think>", "</think>"]
+# The tool-call tags, added the same way (as in Qwen2.5 / Qwen3), for tasks with tools (rlpipe.agents.tool_call).
+TOOL_CALL_TOKENS = ["<tool_call>", "</tool_call>"]
+TASKS = ("arithmetic", "tool_arithmetic")
 
 SIZES = {
     # ~0.9M parameters: learns the default task in about two minutes on 2 CPU cores.
@@ -47,7 +50,8 @@ def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
     return texts
 
 
-def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512, think_tokens: bool = False):
+def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512, think_tokens: bool = False,
+                    tool_tokens: bool = False):
     """Byte-level BPE; digits are always single tokens (so arithmetic is done digit by digit, not memorised)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -65,13 +69,16 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int = 512, think_tokens: 
     fast.chat_template = CHAT_TEMPLATE
     if think_tokens:
         fast.add_tokens(THINK_TOKENS)
+    if tool_tokens:
+        fast.add_tokens(TOOL_CALL_TOKENS)
     return fast
 
 
 def build_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny", vocab_size: int = 512,
-                     think_tokens: bool = False) -> Path:
+                     think_tokens: bool = False, task: str = "arithmetic") -> Path:
     """Write a randomly initialised tiny Qwen2 model + tokenizer to ``out_dir``; returns the path. ``think_tokens``
-    adds ``<think>`` / ``</think>`` (tasks with modes); without them the default job's model is unchanged."""
+    adds ``<think>`` / ``</think>`` (tasks with modes); ``task="tool_arithmetic"`` trains the tokenizer on tool-call
+    conversations too and adds the tool-call tags. Without them the default job's model is unchanged."""
     import torch
     from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
 
@@ -79,7 +86,14 @@ def build_tiny_model(out_dir: str | Path, *, seed: int = 0, size: str = "tiny", 
         raise ValueError(f"unknown tiny model size {size!r}; valid: {', '.join(SIZES)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_tokenizer(tokenizer_corpus(seed), vocab_size, think_tokens)
+    if task not in TASKS:
+        raise ValueError(f"unknown tiny model task {task!r}; valid: {', '.join(TASKS)}")
+    corpus = tokenizer_corpus(seed)
+    if task == "tool_arithmetic":
+        from rlpipe.tasks.tool_arithmetic import tokenizer_texts
+
+        corpus += tokenizer_texts(seed)
+    tokenizer = train_tokenizer(corpus, vocab_size, think_tokens, tool_tokens=task == "tool_arithmetic")
     tokenizer.save_pretrained(out)
     eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = Qwen2Config(

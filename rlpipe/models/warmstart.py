@@ -48,13 +48,19 @@ def warmstart(
     slip_rate: float = 0.6,
     cache_dir: Optional[str] = None,
     think_tokens: bool = False,
+    task: str = "arithmetic",
+    tool_rate: float = 0.2,
 ) -> Path:
     """Build + supervise the tiny model (or return the cached result). Returns the HF model directory.
-    ``think_tokens``: the tokenizer has ``<think>`` / ``</think>`` (tasks with modes)."""
+    ``think_tokens``: the tokenizer has ``<think>`` / ``</think>`` (tasks with modes). ``task="tool_arithmetic"``:
+    the teacher of rlpipe.tasks.tool_arithmetic, calling the calculator on ``tool_rate`` of its traces."""
     settings = dict(size=size, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate,
                     version=VERSION, **numerics())
     if think_tokens:  # only then part of the key: the caches of models without them stay valid
         settings["think_tokens"] = True
+    if task != "arithmetic":  # likewise
+        settings.update(task=task, tool_rate=tool_rate)
+        settings.pop("slip_rate")
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
     target = root / f"{size}-{key}"
@@ -67,9 +73,10 @@ def warmstart(
     start = time.time()
     from rlpipe.models.tiny import build_tiny_model
 
-    build_tiny_model(tmp, seed=seed, size=size, think_tokens=think_tokens)
+    build_tiny_model(tmp, seed=seed, size=size, think_tokens=think_tokens, task=task)
     # warmstart_steps=0: the randomly initialised model as it is (the generation-heavy benchmark uses one).
-    final_loss = (_supervise(tmp, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate)
+    final_loss = (_supervise(tmp, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate,
+                             task=task, tool_rate=tool_rate)
                   if steps > 0 else float("nan"))
     (tmp / "warmstart.json").write_text(json.dumps(
         {**settings, "final_loss": final_loss, "seconds": round(time.time() - start, 1)}, indent=2))
@@ -82,7 +89,8 @@ def warmstart(
     return target
 
 
-def _supervise(model_dir: Path, *, steps: int, lr: float, batch_size: int, seed: int, slip_rate: float) -> float:
+def _supervise(model_dir: Path, *, steps: int, lr: float, batch_size: int, seed: int, slip_rate: float,
+               task: str = "arithmetic", tool_rate: float = 0.0) -> float:
     """Next-token loss on the assistant tokens of teacher traces; AdamW, linear warm-up then cosine decay."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -100,20 +108,29 @@ def _supervise(model_dir: Path, *, steps: int, lr: float, batch_size: int, seed:
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))))
     rng = random.Random(seed)
-    excluded = {p.question for p in heldout_set()}
     eos = tokenizer.eos_token
+    if task == "tool_arithmetic":
+        next_row = _tool_rows(tokenizer, rng, tool_rate)
+    else:
+        excluded = {p.question for p in heldout_set()}
+
+        def next_row():
+            while True:
+                p = make_problem(rng, "sft")
+                if p.question not in excluded:
+                    break
+            prompt = tokenizer.apply_chat_template(to_messages(p), add_generation_prompt=True, tokenize=False)
+            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            answer_ids = tokenizer(teacher_solution(p, slip_rate, rng) + eos, add_special_tokens=False)["input_ids"]
+            return prompt_ids + answer_ids, [-100] * len(prompt_ids) + answer_ids
+
     loss_value, t0 = float("nan"), time.time()
     for step in range(steps):
         input_rows, label_rows = [], []
         while len(input_rows) < batch_size:
-            p = make_problem(rng, "sft")
-            if p.question in excluded:
-                continue
-            prompt = tokenizer.apply_chat_template(to_messages(p), add_generation_prompt=True, tokenize=False)
-            prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-            answer_ids = tokenizer(teacher_solution(p, slip_rate, rng) + eos, add_special_tokens=False)["input_ids"]
-            input_rows.append(prompt_ids + answer_ids)
-            label_rows.append([-100] * len(prompt_ids) + answer_ids)
+            inputs, labels = next_row()
+            input_rows.append(inputs)
+            label_rows.append(labels)
         width = max(len(r) for r in input_rows)
         input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in input_rows])
         labels = torch.tensor([r + [-100] * (width - len(r)) for r in label_rows])
@@ -130,3 +147,23 @@ def _supervise(model_dir: Path, *, steps: int, lr: float, batch_size: int, seed:
     model.save_pretrained(model_dir)
     torch.set_num_threads(threads)
     return loss_value
+
+
+def _tool_rows(tokenizer, rng: random.Random, tool_rate: float):
+    """(input ids, labels) of tool_arithmetic teacher conversations: only the assistant turns are labelled, the tool's
+    answer is context (rlpipe.tasks.conversations.ChatEncoder, as ``rlpipe sft`` encodes them)."""
+    from rlpipe.tasks.conversations import ChatEncoder
+    from rlpipe.tasks.tool_arithmetic import heldout_set, make_problem, teacher_row
+
+    encoder, excluded = ChatEncoder(tokenizer), {p.question for p in heldout_set()}
+
+    def next_row():
+        while True:
+            p = make_problem(rng, "sft")
+            if p.question not in excluded:
+                break
+        example = encoder.encode(teacher_row(p, tool_rate, rng), p.uid)
+        labels = [t if m else -100 for t, m in zip(example.response_ids, example.response_mask)]
+        return example.prompt_ids + example.response_ids, [-100] * len(example.prompt_ids) + labels
+
+    return next_row

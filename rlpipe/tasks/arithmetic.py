@@ -119,11 +119,16 @@ def _rng(*parts: Any) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:8], "little"))
 
 
-def heldout_set(n: int = 256, seed: int = 1235, operations: tuple[int, ...] = DEFAULT_OPERATIONS) -> list[Problem]:
-    """A fixed list of ``n`` distinct problems (deterministic in ``seed`` and ``operations``)."""
+MakeProblem = Callable[[random.Random, str, tuple[int, ...]], Problem]
+
+
+def heldout_set(n: int = 256, seed: int = 1235, operations: tuple[int, ...] = DEFAULT_OPERATIONS,
+                make: MakeProblem = make_problem) -> list[Problem]:
+    """A fixed list of ``n`` distinct problems (deterministic in ``seed`` and ``operations``); ``make`` draws one
+    (another synthetic task: rlpipe.tasks.tool_arithmetic)."""
     problems, seen, i = [], set(), 0
     while len(problems) < n:
-        p = make_problem(_rng("heldout", seed, i), f"heldout-{seed}-{i}", tuple(operations))
+        p = make(_rng("heldout", seed, i), f"heldout-{seed}-{i}", tuple(operations))
         i += 1
         if p.question not in seen:
             seen.add(p.question)
@@ -138,17 +143,19 @@ class TrainStream:
     exactly the problems the uninterrupted run would have seen.
     """
 
-    def __init__(self, seed: int, exclude: set[str] = frozenset(), operations: tuple[int, ...] = DEFAULT_OPERATIONS):
+    def __init__(self, seed: int, exclude: set[str] = frozenset(), operations: tuple[int, ...] = DEFAULT_OPERATIONS,
+                 make: MakeProblem = make_problem):
         self.seed = seed
         self.exclude = set(exclude)
         self.operations = tuple(operations)
+        self.make = make
         self.index = 0
 
     def next(self) -> Problem:
         while True:
             k = self.index
             self.index += 1
-            p = make_problem(_rng("train", self.seed, k), f"train-{self.seed}-{k}", self.operations)
+            p = self.make(_rng("train", self.seed, k), f"train-{self.seed}-{k}", self.operations)
             if p.question not in self.exclude:
                 return p
 
