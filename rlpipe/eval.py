@@ -60,7 +60,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
                                                                  max_response_tokens=max_tokens))
         gen_seconds = time.time() - gen_start
         gold = {p.uid: p.gold for p in heldout}
-        verdicts, counts = session.verifiers.score([(c.text, gold[c.request_id]) for c in completions])
+        verdicts, counts = session.verifiers.score([(c.scorable_text, gold[c.request_id]) for c in completions])
         correct_flat = torch.tensor([v is not None and v.kind == VerdictKind.CORRECT for v in verdicts])
         scores, head_seconds = None, None
         if session.learner is not None:

@@ -44,7 +44,7 @@ def pass_rate_table(cfg: Config) -> dict:
         requests = make_requests(pool, tokenize, k, cfg.trainer.seed, "prepass")
         completions = session.rollout.generate(requests, build.sampling_settings(cfg))
         by_uid = {p.uid: p for p in pool}
-        verdicts, counts = session.verifiers.score([(c.text, by_uid[c.request_id].gold) for c in completions])
+        verdicts, counts = session.verifiers.score([(c.scorable_text, by_uid[c.request_id].gold) for c in completions])
     correct, scored = Counter(), Counter()
     for c, v in zip(completions, verdicts):
         if v is not None:  # infrastructure failures are not evidence about difficulty

@@ -68,3 +68,19 @@ def default_model() -> Path:
     from rlpipe.driver.build import model_dir
 
     return Path(model_dir(Config()))
+
+
+# data=tool_arithmetic on a micro model briefly taught the tool-call format (about half its rollouts call the
+# calculator): multi-turn rollouts in seconds, for the token-exactness, resume and fault tests.
+TOOL_MICRO = ["data=tool_arithmetic", "model.tiny.size=micro", "model.tiny.warmstart_steps=150",
+              "model.tiny.warmstart_lr=5e-3", "model.tiny.teacher_tool_rate=0.5"]
+
+
+@pytest.fixture(scope="session")
+def tool_micro_model() -> Path:
+    """The warm-start ``TOOL_MICRO`` selects, built (or found in the cache) once: the runs these tests start as
+    subprocesses with ``TOOL_MICRO`` find it there."""
+    from rlpipe.config.compose import load_config
+    from rlpipe.driver.build import model_dir
+
+    return Path(model_dir(load_config(TOOL_MICRO)))

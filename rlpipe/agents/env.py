@@ -1,9 +1,10 @@
 """Environments: what a multi-turn rollout talks to between the model's turns.
 
 ``reset()`` starts an episode whose first observation is the prompt (the task's messages, rendered by the driver
-with the model's chat template); ``step(action) -> EnvStep`` takes the text of one finished assistant turn and answers with the next observation (a
-tool's output), a reward added to the verifier's, and whether the episode is over. Plain classes, registered by name
-(``rollout.environment``); a task declares the tools its environment offers (``rollout.tools``).
+with the model's chat template); ``step(action) -> EnvStep`` takes the text of one finished assistant turn and
+answers with the next observation (a tool's output), a reward added to the verifier's, and whether the episode is
+over. Plain classes, registered by name (``rollout.environment``); a task declares the tools its environment offers
+(``rollout.tools``).
 
 The rollout side (rlpipe.rollout.multi_turn) owns the tokens: an environment sees and returns text, and never the
 ids of earlier turns, so nothing is decoded and re-encoded on the way (docs/agents.md, "the token flow").
@@ -16,6 +17,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 from rlpipe.agents.tool_call import find_tool_calls, parse_tool_call
 from rlpipe.agents.tools import Tool, ToolError, build_tool
+from rlpipe.registry import Registry, import_object
 
 
 @dataclass(frozen=True)
@@ -38,21 +40,19 @@ class Environment(Protocol):
     def close(self) -> None: ...
 
 
-ENVIRONMENTS: dict[str, Callable[..., Environment]] = {}
-
-
-def register_environment(name: str):
-    def add(cls):
-        ENVIRONMENTS[name] = cls
-        return cls
-
-    return add
+ENVIRONMENTS: Registry[Callable[..., Environment]] = Registry("environment")
+register_environment = ENVIRONMENTS.register
 
 
 def build_environment(name: str, **options: Any) -> Environment:
+    """An environment by registered name, or by import path (``my_pkg.envs:Countdown``: a user's own class, imported
+    in the rollout actor's process)."""
+    if ":" in name:
+        return import_object(name)(**options)
     if name not in ENVIRONMENTS:
-        raise ValueError(f"unknown rollout.environment {name!r}; valid: {', '.join(sorted(ENVIRONMENTS))}")
-    return ENVIRONMENTS[name](**options)
+        raise ValueError(f"unknown rollout.environment {name!r}; valid: {', '.join(ENVIRONMENTS.names())} (or a "
+                         f"'package.module:Class')")
+    return ENVIRONMENTS.get(name)(**options)
 
 
 @register_environment("tools")

@@ -10,7 +10,10 @@ A tool call either returns the text the model sees next, or fails in one of two 
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Protocol
+
+from rlpipe.registry import Registry, import_object
 
 
 class ToolError(Exception):
@@ -34,33 +37,23 @@ class Tool(Protocol):
         ...
 
 
-TOOLS: dict[str, Callable[..., Tool]] = {}
-
-
-def register_tool(name: str):
-    """Class decorator: ``@register_tool("calculator")`` makes ``build_tool("calculator", **options)`` build it."""
-
-    def add(cls):
-        TOOLS[name] = cls
-        return cls
-
-    return add
-
-
+TOOLS: Registry[Callable[..., Tool]] = Registry("tool")
+register_tool = TOOLS.register  # @register_tool("calculator") makes build_tool("calculator", **options) build it
 # rlpipe's own tools: name -> the module that registers it, imported when the tool is first asked for.
 BUILTIN_TOOLS = {"calculator": "rlpipe.agents.calculator", "python": "rlpipe.agents.python_tool"}
 
 
 def build_tool(name: str, **options: Any) -> Tool:
+    """A tool by registered name, or by import path (``my_pkg.tools:Search``: a user's own class)."""
+    if ":" in name:
+        return import_object(name)(**options)
     if name not in TOOLS and name in BUILTIN_TOOLS:
-        import importlib
-
         importlib.import_module(BUILTIN_TOOLS[name])
     if name not in TOOLS:
-        raise ValueError(f"unknown tool {name!r}; valid: {', '.join(sorted(set(TOOLS) | set(BUILTIN_TOOLS)))}")
-    return TOOLS[name](**options)
+        raise ValueError(f"unknown tool {name!r}; valid: {', '.join(tool_names())} (or a 'package.module:Class')")
+    return TOOLS.get(name)(**options)
 
 
 def tool_names() -> list[str]:
-    """Every tool that can be asked for: rlpipe's own and those registered so far."""
+    """Every tool that can be asked for by name: rlpipe's own and those registered so far."""
     return sorted(set(TOOLS) | set(BUILTIN_TOOLS))

@@ -59,7 +59,7 @@ class TinyModelConfig(Section):
         "the habit, RL with an exact verifier has to unlearn it. 0 = a clean teacher.", 0.6)
     teacher_tool_rate: float = _help(
         "data.task=tool_arithmetic: the share of the warm-start teacher's traces that call the calculator "
-        "(rlpipe/tasks/tool_arithmetic.py); the rest answer from the head, which the tiny model cannot do.", 0.2)
+        "(rlpipe/tasks/tool_arithmetic.py); the rest answer from the head, which the tiny model cannot do.", 0.25)
     seed: int = _help("Seed for the tokenizer corpus, the initial weights and the warm-start data.", 0)
     cache_dir: Optional[str] = _help(
         "Where warm-started models are cached (keyed by a hash of every setting); default ~/.cache/rlpipe/warmstart.",

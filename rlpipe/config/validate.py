@@ -250,9 +250,9 @@ def _multi_turn(cfg: Config) -> list[str]:
             return [f"rollout.tools={list(r.tools)} needs rollout.environment=tools (multi-turn rollouts)"]
         return ["data.task=tool_arithmetic needs rollout.environment=tools (use the preset: data=tool_arithmetic)"] \
             if cfg.data.task == "tool_arithmetic" else []
-    errors = _choice("rollout.environment", r.environment, sorted(ENVIRONMENTS))
-    errors += [f"rollout.tools: unknown tool {t!r}; valid: {', '.join(tool_names())}" for t in r.tools
-               if t not in tool_names()]
+    errors = [] if ":" in r.environment else _choice("rollout.environment", r.environment, ENVIRONMENTS.names())
+    errors += [f"rollout.tools: unknown tool {t!r}; valid: {', '.join(tool_names())} (or a 'package.module:Class')"
+               for t in r.tools if ":" not in t and t not in tool_names()]
     errors += [f"rollout.tool_options.{t} is set but {t} is not in rollout.tools" for t in r.tool_options
                if t not in r.tools]
     if r.environment == "tools" and not r.tools:

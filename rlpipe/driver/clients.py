@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import torch
 
@@ -179,12 +179,16 @@ class VerifierClient:
         self.max_retries = max_retries
         self.faults: Counter = Counter()
 
-    def score(self, items: Sequence[tuple[str, dict]]) -> tuple[list[Verdict | None], Counter]:
+    def score(self, items: Sequence[tuple[Optional[str], dict]]) -> tuple[list[Verdict | None], Counter]:
         """Verdicts in input order (None: still timeout/error after the retries, dropped) and counts of first-try
-        verdict kinds plus ``retried`` and ``dropped``."""
+        verdict kinds plus ``retried`` and ``dropped``. An item whose text is None (a rollout a tool could not serve:
+        ``Completion.scorable_text``) is not scored: None, counted as ``tool_infra_dropped``."""
         verdicts: list[Verdict | None] = [None] * len(items)
-        pending = list(range(len(items)))
+        pending = [j for j, (text, _) in enumerate(items) if text is not None]
         counts: Counter = Counter()
+        counts["tool_infra_dropped"] = len(items) - len(pending)
+        if not pending:
+            return verdicts, counts
         for attempt in range(self.max_retries + 1):
             chunks = _round_robin(pending, self.group.size)
             results = run_with_requeue(self.group, "score_batch", [[items[j] for j in c] for c in chunks], (),
@@ -202,7 +206,7 @@ class VerifierClient:
                 break
             counts["retried"] += len(still)  # scored again in the next attempt
             pending = still
-        counts["dropped"] = sum(v is None for v in verdicts)
+        counts["dropped"] = sum(v is None for v in verdicts) - counts["tool_infra_dropped"]
         if counts["dropped"]:
             log.warning("verifier: %d/%d samples still timed out or errored after %d retries; dropped from the batch",
                         counts["dropped"], len(items), self.max_retries)

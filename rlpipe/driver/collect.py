@@ -169,7 +169,7 @@ class Collector:
                 break  # a fixed pool with no prompt left that this step does not already have
             in_step.update(p.uid for p in prompts)
             with timed(m, "generate"):  # in asynchronous mode: the wait for samples generated while training
-                completions = usable(self._fresh(self._completions(draw), staleness), counts)
+                completions = self._fresh(self._completions(draw), staleness)
             with timed(m, "verify"):
                 scored = self.verify(prompts, requests, completions, counts)
             informative = zero_variance_group_mask(scored.rewards, scored.group_index)
@@ -214,7 +214,9 @@ class Collector:
         """Score, drop infra failures (counted), add the overlong and length penalties, feed pass rates to the prompt
         source."""
         by_uid = {p.uid: i for i, p in enumerate(prompts)}
-        verdicts, c = self.verifiers.score([(x.text, prompts[by_uid[x.request_id]].gold) for x in completions])
+        # A rollout a tool could not serve is not scored but dropped, like a verifier failure (counted apart).
+        verdicts, c = self.verifiers.score([(x.scorable_text, prompts[by_uid[x.request_id]].gold)
+                                            for x in completions])
         counts.update(c)
         pairs = [(x, v) for x, v in zip(completions, verdicts) if v is not None]
         kept = [x for x, _ in pairs]
@@ -242,14 +244,6 @@ class Collector:
         parse_failed = torch.tensor([v.kind == VerdictKind.PARSE_FAIL for _, v in pairs], dtype=torch.bool)
         self.prompts.observe({p.uid: correct[group_index == i].tolist() for i, p in enumerate(prompts)})
         return Rollouts(list(prompts), list(requests), kept, rewards, correct, group_index, parse_failed)
-
-
-def usable(completions: list[Completion], counts: Counter) -> list[Completion]:
-    """The completions whose tools all ran; a rollout a tool could not serve (``infra_error``) is dropped and counted
-    (``tool_infra_dropped``), never scored as a wrong answer."""
-    kept = [c for c in completions if c.infra_error is None]
-    counts["tool_infra_dropped"] += len(completions) - len(kept)
-    return kept
 
 
 def staleness_metrics(staleness: Counter, max_staleness_steps: int) -> dict[str, float]:

@@ -51,7 +51,7 @@ def _row(cfg: Config, session, tokenize, items: Sequence[PromptItem], mode: str,
     requests = make_requests(items, tokenize, n, cfg.trainer.seed, "eval-modes", mode, budget)
     completions = session.rollout.generate(requests, sampling)
     gold = {p.uid: p.gold for p in items}
-    verdicts, _ = session.verifiers.score([(c.text, gold[c.request_id]) for c in completions])
+    verdicts, _ = session.verifiers.score([(c.scorable_text, gold[c.request_id]) for c in completions])
     scored = [(c, v) for c, v in zip(completions, verdicts) if v is not None]
     carried = {r.request_id: prompt_thought(r.prompt_ids, think) if think else None for r in requests}
     row: dict[str, Any] = {

@@ -129,9 +129,7 @@ def heldout_accuracy(rollout: RolloutClient, verifiers: VerifierClient, tokenize
     completions = rollout.generate(requests, SamplingSettings.unforced(temperature=0.0, top_p=1.0,
                                                                        max_response_tokens=max_response_tokens))
     # A rollout a tool could not serve is not scored (it counts in eval/unscored, like a verifier failure).
-    verdicts, _ = verifiers.score([(c.text, p.gold) for c, p in zip(completions, heldout) if c.infra_error is None])
-    verdicts = iter(verdicts)
-    verdicts = [next(verdicts) if c.infra_error is None else None for c in completions]
+    verdicts, _ = verifiers.score([(c.scorable_text, p.gold) for c, p in zip(completions, heldout)])
     metrics = _accuracy_metrics("eval/", verdicts, completions, len(heldout))
     metrics.update(tool_metrics("eval/", completions, [v is not None and v.kind == VerdictKind.CORRECT
                                                        for v in verdicts]))

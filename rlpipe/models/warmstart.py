@@ -49,7 +49,7 @@ def warmstart(
     cache_dir: Optional[str] = None,
     think_tokens: bool = False,
     task: str = "arithmetic",
-    tool_rate: float = 0.2,
+    tool_rate: float = 0.25,
 ) -> Path:
     """Build + supervise the tiny model (or return the cached result). Returns the HF model directory.
     ``think_tokens``: the tokenizer has ``<think>`` / ``</think>`` (tasks with modes). ``task="tool_arithmetic"``:

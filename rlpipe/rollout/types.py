@@ -65,6 +65,11 @@ class Completion:
     env_reward: float = 0.0
     infra_error: Optional[str] = None
 
+    @property
+    def scorable_text(self) -> Optional[str]:
+        """The text a verifier scores, or None for a rollout a tool could not serve (never scored as wrong)."""
+        return self.text if self.infra_error is None else None
+
 
 class RolloutEngine(Protocol):
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]: ...

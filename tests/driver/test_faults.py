@@ -13,7 +13,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TOOL_MICRO
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 PROMPTS, SAMPLES = 4, 4
@@ -114,6 +114,29 @@ def test_asynchronous_rounds_in_flight_survive_a_killed_engine(micro_model_dir):
         # it yet: timing decides) were re-run whole.
         assert killed and faults["faults/rollout_restarts"] == 1
         assert faults["faults/rollout_requeued"] in (PROMPTS, 2 * PROMPTS), faults
+
+
+def test_an_engine_killed_during_multi_turn_rollouts_loses_nothing(tool_micro_model):
+    """Multi-turn rollouts (a rollout is one generate call of the actor, all its turns): the engine dies inside the
+    call, the restarted one re-runs the whole share, each trajectory from its first turn, and the step trains every
+    sample once, with several turns."""
+    from rlpipe.config.compose import load_config
+    from rlpipe.driver.inputs import load_prompts
+    from rlpipe.driver.session import LearnerSpec, Session
+
+    cfg = load_config([*TOOL_MICRO, f"data.prompts_per_step={PROMPTS}", f"rollout.samples_per_prompt={SAMPLES}",
+                       "learner.lr=1e-2"])
+    model = str(tool_micro_model)
+    tokenize, prompts, _ = load_prompts(cfg, model)
+    with Session(cfg, model, learner=LearnerSpec.of(cfg, model)) as session:
+        trainer = session.trainer(prompts, tokenize)
+        trainer.step(1)
+        killed = _kill_on_submit(session.rollout.group, "generate")
+        m2 = trainer.step(2)
+        assert killed and m2["faults/rollout_restarts"] == 1 and m2["faults/rollout_requeued"] == PROMPTS
+        _assert_ledger_exact(trainer)
+        assert m2["rollout/turns_mean"] > 1.1 and m2["rollout/tool_infra_dropped"] == 0
+        assert m2["rollout/logprob_diff_max"] < 1e-3, m2["rollout/logprob_diff_max"]
 
 
 COMMON = ["data.pool_size=16", "data.prompts_per_step=8", "data.heldout_size=32", "trainer.eval_every_steps=100",

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, TOOL_MICRO
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("default_model")]
 # 16 prompts, 8 per step: every second step starts a new (reshuffled) epoch.
@@ -33,9 +33,12 @@ def _metrics(run_dir):
 
 
 @pytest.mark.parametrize("extra", [[], ["trainer.max_staleness_steps=1", "algorithm.rollout_correction=tis"],
-                                   ["model.lora.rank=8", "learner.lr=2e-3"]],
-                         ids=["sync", "async", "lora"])
-def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, extra):
+                                   ["model.lora.rank=8", "learner.lr=2e-3"],
+                                   [*TOOL_MICRO, "trainer.max_staleness_steps=1", "algorithm.rollout_correction=tis"]],
+                         ids=["sync", "async", "lora", "multi-turn-async"])
+def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, extra, request):
+    if "data=tool_arithmetic" in extra:
+        request.getfixturevalue("tool_micro_model")  # built before the deadlines below start
     straight = tmp_path / "straight"
     subprocess.run(_cmd(straight, 6, extra), cwd=REPO, check=True, capture_output=True, timeout=900)
 
@@ -54,8 +57,12 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, extra):
     assert "resumed from" in resumed.stdout + resumed.stderr  # Hydra logs to stdout
     a, b = _metrics(straight), _metrics(crashed)
     assert sorted(b) == [1, 2, 3, 4, 5, 6]  # rows logged after the checkpoint by the killed run were replaced
+    keys = KEYS
+    if "data=tool_arithmetic" in extra:  # multi-turn: the rollouts really had several turns, and the same ones
+        assert all(a[step]["rollout/turns_mean"] > 1.1 for step in a), {s: a[s]["rollout/turns_mean"] for s in a}
+        keys += ("rollout/tool_call_rate", "rollout/turns_mean", "rollout/model_tokens_mean")
     for step in (4, 5, 6):
-        for key in KEYS:
+        for key in keys:
             assert b[step][key] == pytest.approx(a[step][key], rel=1e-4, abs=1e-6), (step, key)
 
     ledger = {d: [json.loads(line) for line in (d / "ledger.jsonl").read_text().splitlines()] for d in (straight, crashed)}

@@ -20,12 +20,9 @@ pytestmark = pytest.mark.component
 
 
 @pytest.fixture(scope="module")
-def tool_model_dir(tmp_path_factory):
+def tool_model_dir(tool_micro_model):
     """A micro model supervised for a few seconds on tool_arithmetic traces, half of them calling the calculator."""
-    from rlpipe.models.warmstart import warmstart
-
-    return warmstart(size="micro", steps=150, lr=5e-3, task="tool_arithmetic", tool_rate=0.5,
-                     cache_dir=str(tmp_path_factory.mktemp("tool_ws")))
+    return tool_micro_model
 
 
 class Recorder:
@@ -147,3 +144,43 @@ def _calculator_output(turn: str) -> str:
     env = ToolEnvironment(tools=["calculator"])
     env.reset()
     return env.step(turn).observation
+
+
+class ScriptedEngine:
+    """Answers every turn with the same text (the point here is what happens after the turn, not generation)."""
+
+    def __init__(self, tokenizer, text: str):
+        self.tokenizer, self.ids = tokenizer, tokenizer(text, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id]
+
+    def generate(self, requests, sampling):
+        from rlpipe.rollout.types import Completion
+
+        return [Completion(r.request_id, 0, list(self.ids), [-0.5] * len(self.ids), "stop",
+                           self.tokenizer.decode(self.ids, skip_special_tokens=True)) for r in requests]
+
+
+def test_a_tool_that_cannot_run_drops_the_rollout_and_it_is_never_scored(tool_model_dir):
+    """The real python tool with no usable sandbox raises ToolInfraError: the rollout ends with ``infra_error``, its
+    ``scorable_text`` is None, and the verifier pool returns no verdict for it (counted), not a wrong one."""
+    from transformers import AutoTokenizer
+
+    from rlpipe.config.compose import load_config
+    from rlpipe.driver.session import build_verifiers
+
+    tok = AutoTokenizer.from_pretrained(tool_model_dir)
+    engine = MultiTurnEngine(
+        ScriptedEngine(tok, format_tool_call("python", {"code": "print(6 * 7)"})), environment="tools",
+        environment_options={"tools": ["python"], "tool_options": {"python": {"bwrap": "/nonexistent/bwrap"}}})
+    [broken] = engine.generate([GenerationRequest("p", _prompt_ids(tok, "Compute 2 * 3."), 1, 0)],
+                               SamplingSettings.unforced(1.0, 1.0, 96))
+    assert broken.infra_error and "bwrap" in broken.infra_error and broken.turns == 1
+    assert broken.scorable_text is None
+    verifiers = build_verifiers(load_config(["cluster=local"]))
+    try:
+        verdicts, counts = verifiers.score([(broken.scorable_text, {"answer": "6"}),
+                                            ("The answer is \\boxed{6}.", {"answer": "6"})])
+    finally:
+        verifiers.group.shutdown()
+    assert verdicts[0] is None and verdicts[1].reward == 1.0
+    assert counts["tool_infra_dropped"] == 1 and counts["dropped"] == 0
