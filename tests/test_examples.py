@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DATA, HAVE_BWRAP, REPO
+from conftest import DATA, HAVE_BWRAP, REPO, TOOL_MICRO
 
 EXAMPLES = sorted(p for p in (REPO / "examples").iterdir() if p.is_dir())
 SHRINK = ["trainer.total_steps=2", "trainer.eval_every_steps=1", "data.heldout_size=8", "data.prompts_per_step=4",
@@ -71,6 +71,7 @@ RUNNABLE = {
     "code-mbpp-sandbox": ["data.file={DATA}/mbpp/mbpp.jsonl", "trainer.total_steps=1", "rollout.max_response_tokens=48",
                           "data.max_prompt_tokens=256", "data.on_bad_row=skip"],  # the tiny model has 512 positions
     "score-head-best-of-n": ["cluster=local", "rollout=hf"],
+    "tool-calculator": [o for o in TOOL_MICRO if not o.startswith("data=")],  # the micro tool model, in seconds
 }
 
 

@@ -59,7 +59,10 @@ class TinyModelConfig(Section):
         "the habit, RL with an exact verifier has to unlearn it. 0 = a clean teacher.", 0.6)
     teacher_tool_rate: float = _help(
         "data.task=tool_arithmetic: the share of the warm-start teacher's traces that call the calculator "
-        "(rlpipe/tasks/tool_arithmetic.py); the rest answer from the head, which the tiny model cannot do.", 0.25)
+        "(rlpipe/tasks/tool_arithmetic.py); the rest answer from the head, which the tiny model cannot do.", 0.3)
+    teacher_bad_call_rate: float = _help(
+        "data.task=tool_arithmetic: the share of the teacher's calls written '347 x 28', which the calculator refuses "
+        "(the teacher then answers from its head): RL has to learn to write calls that run.", 0.2)
     seed: int = _help("Seed for the tokenizer corpus, the initial weights and the warm-start data.", 0)
     cache_dir: Optional[str] = _help(
         "Where warm-started models are cached (keyed by a hash of every setting); default ~/.cache/rlpipe/warmstart.",

@@ -162,7 +162,8 @@ def model_dir(cfg: Config) -> str:
     task = "tool_arithmetic" if cfg.data.task == "tool_arithmetic" else "arithmetic"
     return str(warmstart(size=t.size, steps=t.warmstart_steps, lr=t.warmstart_lr, batch_size=t.warmstart_batch_size,
                          seed=t.seed, slip_rate=t.teacher_slip_rate, cache_dir=t.cache_dir,
-                         think_tokens=cfg.data.mode != "none", task=task, tool_rate=t.teacher_tool_rate))
+                         think_tokens=cfg.data.mode != "none", task=task, tool_rate=t.teacher_tool_rate,
+                         bad_call_rate=t.teacher_bad_call_rate))
 
 
 def multi_turn_options(cfg: Config) -> Optional[dict]:

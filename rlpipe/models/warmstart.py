@@ -49,17 +49,19 @@ def warmstart(
     cache_dir: Optional[str] = None,
     think_tokens: bool = False,
     task: str = "arithmetic",
-    tool_rate: float = 0.25,
+    tool_rate: float = 0.3,
+    bad_call_rate: float = 0.2,
 ) -> Path:
     """Build + supervise the tiny model (or return the cached result). Returns the HF model directory.
     ``think_tokens``: the tokenizer has ``<think>`` / ``</think>`` (tasks with modes). ``task="tool_arithmetic"``:
-    the teacher of rlpipe.tasks.tool_arithmetic, calling the calculator on ``tool_rate`` of its traces."""
+    the teacher of rlpipe.tasks.tool_arithmetic, calling the calculator on ``tool_rate`` of its traces and writing
+    ``bad_call_rate`` of its calls in a form the calculator refuses."""
     settings = dict(size=size, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate,
                     version=VERSION, **numerics())
     if think_tokens:  # only then part of the key: the caches of models without them stay valid
         settings["think_tokens"] = True
     if task != "arithmetic":  # likewise
-        settings.update(task=task, tool_rate=tool_rate)
+        settings.update(task=task, tool_rate=tool_rate, bad_call_rate=bad_call_rate)
         settings.pop("slip_rate")
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     root = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -76,7 +78,7 @@ def warmstart(
     build_tiny_model(tmp, seed=seed, size=size, think_tokens=think_tokens, task=task)
     # warmstart_steps=0: the randomly initialised model as it is (the generation-heavy benchmark uses one).
     final_loss = (_supervise(tmp, steps=steps, lr=lr, batch_size=batch_size, seed=seed, slip_rate=slip_rate,
-                             task=task, tool_rate=tool_rate)
+                             task=task, tool_rate=tool_rate, bad_call_rate=bad_call_rate)
                   if steps > 0 else float("nan"))
     (tmp / "warmstart.json").write_text(json.dumps(
         {**settings, "final_loss": final_loss, "seconds": round(time.time() - start, 1)}, indent=2))
@@ -90,7 +92,7 @@ def warmstart(
 
 
 def _supervise(model_dir: Path, *, steps: int, lr: float, batch_size: int, seed: int, slip_rate: float,
-               task: str = "arithmetic", tool_rate: float = 0.0) -> float:
+               task: str = "arithmetic", tool_rate: float = 0.0, bad_call_rate: float = 0.0) -> float:
     """Next-token loss on the assistant tokens of teacher traces; AdamW, linear warm-up then cosine decay."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -110,7 +112,7 @@ def _supervise(model_dir: Path, *, steps: int, lr: float, batch_size: int, seed:
     rng = random.Random(seed)
     eos = tokenizer.eos_token
     if task == "tool_arithmetic":
-        next_row = _tool_rows(tokenizer, rng, tool_rate)
+        next_row = _tool_rows(tokenizer, rng, tool_rate, bad_call_rate)
     else:
         excluded = {p.question for p in heldout_set()}
 
@@ -149,7 +151,7 @@ def _supervise(model_dir: Path, *, steps: int, lr: float, batch_size: int, seed:
     return loss_value
 
 
-def _tool_rows(tokenizer, rng: random.Random, tool_rate: float):
+def _tool_rows(tokenizer, rng: random.Random, tool_rate: float, bad_call_rate: float):
     """(input ids, labels) of tool_arithmetic teacher conversations: only the assistant turns are labelled, the tool's
     answer is context (rlpipe.tasks.conversations.ChatEncoder, as ``rlpipe sft`` encodes them)."""
     from rlpipe.tasks.conversations import ChatEncoder
@@ -162,7 +164,7 @@ def _tool_rows(tokenizer, rng: random.Random, tool_rate: float):
             p = make_problem(rng, "sft")
             if p.question not in excluded:
                 break
-        example = encoder.encode(teacher_row(p, tool_rate, rng), p.uid)
+        example = encoder.encode(teacher_row(p, tool_rate, rng, bad_call_rate), p.uid)
         labels = [t if m else -100 for t, m in zip(example.response_ids, example.response_mask)]
         return example.prompt_ids + example.response_ids, [-100] * len(example.prompt_ids) + labels
 

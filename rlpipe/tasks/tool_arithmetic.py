@@ -13,7 +13,9 @@ Why this task: the tiny model cannot multiply a three-digit number by a two-digi
 worked steps to imitate), but it can copy digits: the expression from the question into the call, the result from
 the tool's answer into the box. The warm-start teacher always knows the product, and calls the tool on only a few
 of its traces (``tool_rate``), so the warm-started model answers mostly from its head and mostly wrong; RL has to
-find out that the rollouts that call the tool are the ones that are right. Answers are exact integers, scored by
+find out that the rollouts that call the tool are the ones that are right. Some of the teacher's calls are written
+``347 x 28`` (``bad_call_rate``), which the calculator refuses; the teacher then answers from its head, so the
+imitating model does too, and RL also has to learn to write calls that run. Answers are exact integers, scored by
 the arithmetic verifier.
 """
 
@@ -42,33 +44,40 @@ def answer_text(problem: Problem) -> str:
     return f"The answer is \\boxed{{{problem.answer}}}."
 
 
-def teacher_messages(problem: Problem, use_tool: bool) -> list[dict[str, str]]:
-    """The teacher's conversation: the answer at once, or a calculator call, its result, then the answer."""
+def teacher_messages(problem: Problem, use_tool: bool, bad_call: bool = False) -> list[dict[str, str]]:
+    """The teacher's conversation: the answer at once, or a calculator call, its result, then the answer. A
+    ``bad_call`` writes ``a x b``: the result is the calculator's refusal (what rlpipe.agents.calculator answers)."""
     user = {"role": "user", "content": problem.question}
     if not use_tool:
         return [user, {"role": "assistant", "content": answer_text(problem)}]
-    call = format_tool_call("calculator", {"expression": expression(problem)})
-    return [user, {"role": "assistant", "content": call}, {"role": "tool", "content": str(problem.answer)},
+    written = expression(problem).replace("*", "x") if bad_call else expression(problem)
+    call = format_tool_call("calculator", {"expression": written})
+    result = f"error: calculator: cannot parse {written!r}" if bad_call else str(problem.answer)
+    return [user, {"role": "assistant", "content": call}, {"role": "tool", "content": result},
             {"role": "assistant", "content": answer_text(problem)}]
 
 
-def teacher_row(problem: Problem, tool_rate: float, rng: random.Random) -> dict[str, Any]:
-    """One supervised row (TRL's ``messages`` format, with the gold answer); the tool is used at ``tool_rate``."""
+def teacher_row(problem: Problem, tool_rate: float, rng: random.Random, bad_call_rate: float = 0.0) -> dict[str, Any]:
+    """One supervised row (TRL's ``messages`` format, with the gold answer); the tool is used at ``tool_rate``, and a
+    call is written badly at ``bad_call_rate``."""
+    use_tool = rng.random() < tool_rate
+    bad_call = use_tool and bad_call_rate > 0 and rng.random() < bad_call_rate
     return {"id": problem.uid, "answer": str(problem.answer),
-            "messages": teacher_messages(problem, rng.random() < tool_rate)}
+            "messages": teacher_messages(problem, use_tool, bad_call)}
 
 
 def heldout_set(n: int = 256, seed: int = 1235) -> list[Problem]:
     return _heldout_set(n, seed, make=make_problem)
 
 
-def teacher_traces(n: int, seed: int, tool_rate: float, exclude=()) -> list[dict[str, Any]]:
+def teacher_traces(n: int, seed: int, tool_rate: float, exclude=(), bad_call_rate: float = 0.0,
+                   ) -> list[dict[str, Any]]:
     """``n`` teacher rows on fresh problems (none of whose questions is in ``exclude``), from one seeded stream."""
     rng, excluded, rows = random.Random(seed), set(exclude), []
     while len(rows) < n:
         p = make_problem(rng, f"teacher-{seed}-{len(rows)}")
         if p.question not in excluded:
-            rows.append(teacher_row(p, tool_rate, rng))
+            rows.append(teacher_row(p, tool_rate, rng, bad_call_rate))
     return rows
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from conftest import free_port
 from rlpipe.agents.env import ToolEnvironment
@@ -72,7 +73,8 @@ def test_tool_environment_runs_calls_and_reports_errors():
 
 
 def test_multi_turn_rollouts_train_exactly_the_engines_and_tools_tokens(tool_model_dir):
-    from rlpipe.learner.batch import SampleShard
+    from rlpipe.driver.clients import _shard
+    from rlpipe.driver.collect import Rollouts
     from rlpipe.rollout.vllm_engine import VLLMEngine
 
     recorder = Recorder(VLLMEngine(str(tool_model_dir), seed=0, max_model_len=256, kv_cache_bytes=64 << 20))
@@ -117,10 +119,12 @@ def test_multi_turn_rollouts_train_exactly_the_engines_and_tools_tokens(tool_mod
 
     # The learner's batch: the same ids, a loss only on the model's tokens, and the learner's logprobs of those
     # tokens equal the engine's (so the context it computes them in is the engine's).
-    shard = SampleShard.build([prompt_of[c.request_id] for c in completions], list(range(len(completions))),
-                              [c.response_ids for c in completions], [c.logprobs for c in completions],
-                              [True] * len(completions), [0] * len(completions), [0.0] * len(completions),
-                              [True] * len(completions), token_masks=[c.token_mask for c in completions])
+    # What the driver sends a learner rank (rlpipe.driver.clients._shard), for all 64 samples.
+    n = len(completions)
+    group_of = {r.request_id: g for g, r in enumerate(requests)}
+    rollouts = Rollouts([], requests, completions, torch.zeros(n), torch.zeros(n, dtype=torch.bool),
+                        torch.tensor([group_of[c.request_id] for c in completions]), torch.zeros(n, dtype=torch.bool))
+    shard = _shard(rollouts, torch.ones(n, dtype=torch.bool), [(i, 0) for i in range(n)])
     batch = shard.to_train_batch(range(len(completions)), tok.pad_token_id)
     p = batch.prompt_len
     for i, c in enumerate(completions):
