@@ -49,7 +49,7 @@ class HFEngine:
             temperature=None if greedy else sampling.temperature,
             top_p=None if greedy else sampling.top_p,
             top_k=None,
-            max_new_tokens=req.max_new_tokens or sampling.response_limit,
+            max_new_tokens=sampling.response_limit if req.max_new_tokens is None else req.max_new_tokens,
             eos_token_id=self.eos_id,
             pad_token_id=self.pad_id,
             output_logits=True,

@@ -122,8 +122,11 @@ class MultiTurnEngine:
         self.renderer = ObservationRenderer(engine.tokenizer)
         self._pool = ThreadPoolExecutor(max_workers=max(1, tool_workers), thread_name_prefix="tool")
 
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["engine"], name)
+    def __getattr__(self, name: str):  # only for what this class does not define: the wrapped engine's
+        engine = self.__dict__.get("engine")
+        if engine is None:
+            raise AttributeError(name)
+        return getattr(engine, name)
 
     def generate(self, requests: Sequence[GenerationRequest], sampling: SamplingSettings) -> list[Completion]:
         limit = sampling.response_limit

@@ -109,7 +109,7 @@ class VLLMEngine:
                     n=req.num_samples,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
-                    max_tokens=req.max_new_tokens or sampling.response_limit,
+                    max_tokens=sampling.response_limit if req.max_new_tokens is None else req.max_new_tokens,
                     # Forced inside the engine: a thought of `budget` tokens is closed with </think>, whose
                     # processed logprob vLLM reports as 0 (all the mass was put on it).
                     thinking_token_budget=budget,
