@@ -83,9 +83,10 @@ def train_loop(cfg: Config, trainer: Trainer, session: Session, heldout, tokeniz
         metrics["timing/eval"] = time.perf_counter() - start
         return metrics
 
-    if first_step > 1:  # rows a crashed run logged after its last checkpoint are about to be recomputed
-        truncate_rows(run_dir / "metrics.jsonl", first_step - 1)
-        truncate_rows(run_dir / "ledger.jsonl", first_step - 1)
+    # Rows a crashed run logged after its last checkpoint are about to be recomputed; a run that starts afresh in a
+    # directory used before starts its files afresh too (its summary would otherwise read the old run's rows).
+    for name in ("metrics.jsonl", "ledger.jsonl", "events.jsonl"):
+        truncate_rows(run_dir / name, first_step - 1 if first_step > 1 else -1)
     sinks = build_sinks(cfg.logger.backends, run_dir, wandb_project=cfg.logger.wandb_project,
                         wandb_mode=cfg.logger.wandb_mode, config=resolved_config, console=not cfg.logger.progress_bar)
     last_accuracy = float("nan")
@@ -190,8 +191,9 @@ def check_manifest(path: Path, run_hash: str, world_size: int) -> None:
 
 
 def truncate_rows(path: Path, last_step: int) -> None:
-    """Drop rows a crashed run logged after its last checkpoint: they are about to be recomputed."""
+    """Keep the rows of steps <= ``last_step`` (-1: none); the others are about to be recomputed."""
     if not path.exists():
         return
-    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= last_step]
+    rows = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", -1) <= last_step]
     path.write_text("".join(line + "\n" for line in rows))

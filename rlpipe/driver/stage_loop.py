@@ -99,8 +99,8 @@ def _loop(cfg: Config, session: Session, stage: Stage, first_step: int, checkpoi
         metrics["timing/eval"] = time.perf_counter() - start
         return metrics
 
-    if first_step > 1:  # rows a crashed run logged after its last checkpoint are about to be recomputed
-        truncate_rows(run_dir / "metrics.jsonl", first_step - 1)
+    # As in rlpipe.driver.run: recomputed rows after a resume, and a fresh start's files start afresh.
+    truncate_rows(run_dir / "metrics.jsonl", first_step - 1 if first_step > 1 else -1)
     sinks = build_sinks(cfg.logger.backends, run_dir, wandb_project=cfg.logger.wandb_project,
                         wandb_mode=cfg.logger.wandb_mode, config=resolved_config, console=not cfg.logger.progress_bar)
     shown: dict[str, float] = {}
