@@ -99,7 +99,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     def best_of_n_by(score: torch.Tensor) -> dict[int, float]:
         return {k: best_of_n(score, correct, k) for k in e.best_of if k <= n}
 
-    confidence = torch.tensor([sum(c.logprobs) / max(1, len(c.logprobs)) for c in completions]).view(q, n)
+    confidence = torch.tensor([mean_sampled_logprob(c) for c in completions]).view(q, n)
     result["best_of_n_by_confidence"] = best_of_n_by(confidence)
     result["confidence_auroc_within_question"] = within_question_auroc(confidence, correct)
     if scores is not None:
@@ -197,3 +197,12 @@ main = hydra_command("rlpipe eval", lambda cfg, resolved: evaluate(cfg))
 
 if __name__ == "__main__":
     main()
+
+
+def mean_sampled_logprob(c) -> float:
+    """The mean logprob of the tokens the model sampled (a multi-turn rollout's inserted tool tokens, logprob 0,
+    would otherwise raise the confidence of every rollout that called a tool)."""
+    if c.token_mask is None:
+        return sum(c.logprobs) / max(1, len(c.logprobs))
+    sampled = [lp for lp, own in zip(c.logprobs, c.token_mask) if own]
+    return sum(sampled) / max(1, len(sampled))

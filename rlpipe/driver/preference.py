@@ -29,6 +29,7 @@ from rlpipe.driver.inputs import check_model_dir, load_prompts
 from rlpipe.driver.prompts import ShuffledPool, make_requests
 from rlpipe.driver.session import LearnerSpec, Session
 from rlpipe.driver.stage_loop import accuracy_eval, run_stage_command
+from rlpipe.errors import UserError
 from rlpipe.learner.stages import PreferenceSettings
 from rlpipe.tasks.preference_pairs import PreferencePair, load_pairs, pair_from_group
 from rlpipe.verify.types import VerdictKind
@@ -135,6 +136,10 @@ def pair_files(cfg: Config, model_path: str, run_dir: Path) -> tuple[list[Prefer
 
 
 def run_prefer(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
+    if cfg.rollout.environment is not None and not cfg.prefer.train_file:
+        # Pairs of the model's own samples would train the tool's tokens too: pairs carry no token mask yet.
+        raise UserError(f"rlpipe prefer builds pairs from one-turn samples only; rollout.environment="
+                        f"{cfg.rollout.environment} (multi-turn rollouts) is not supported here yet")
     model_path = check_model_dir(build.model_dir(cfg), "model.path")
     p = cfg.prefer
     # A pair file is read and checked before any actor starts: a bad row fails in seconds.

@@ -38,8 +38,9 @@ def start_model_dir(cfg: Config) -> str:
     from rlpipe.models.warmstart import warmstart
 
     t = cfg.model.tiny
+    task = "tool_arithmetic" if cfg.data.task == "tool_arithmetic" else "arithmetic"  # its tokenizer has the tags
     return str(warmstart(size=t.size, steps=0, seed=t.seed, cache_dir=t.cache_dir,
-                         think_tokens=cfg.data.mode != "none"))
+                         think_tokens=cfg.data.mode != "none", task=task))
 
 
 def supervised_data(cfg: Config, tokenizer, run_dir: Path) -> tuple[list[SupervisedExample], list[SupervisedExample]]:
@@ -50,6 +51,8 @@ def supervised_data(cfg: Config, tokenizer, run_dir: Path) -> tuple[list[Supervi
     options = dict(max_tokens=f.max_seq_tokens, on_bad_row=d.on_bad_row,
                    quarantine=d.quarantine_file or run_dir / "quarantine.jsonl")
     train_file, heldout_file = f.train_file, f.heldout_file
+    if train_file is None and d.task == "tool_arithmetic":
+        train_file, heldout_file = tool_teacher_files(cfg, run_dir, heldout_file)
     if train_file is None:
         from rlpipe.driver.prompts import arithmetic_heldout, training_mode
         from rlpipe.tasks.arithmetic import teacher_rows_for, teacher_traces
@@ -130,3 +133,23 @@ def run_sft(cfg: Config, resolved_config: dict[str, Any]) -> dict[str, Any]:
                              LearnerSpec(cfg.learner.num_workers, with_reference=False),
                              with_engines=cfg.sft.eval_accuracy,
                              make_stage=lambda session, _: SupervisedStage(cfg, session, train, heldout, problems))
+
+
+def tool_teacher_files(cfg: Config, run_dir: Path, heldout_file) -> tuple[Path, Path]:
+    """``data=tool_arithmetic``'s teacher conversations (rlpipe.tasks.tool_arithmetic) as the SFT data: the
+    training rows, and (unless ``sft.heldout_file`` is given) the teacher on each held-out problem."""
+    import random
+
+    from rlpipe.driver.prompts import arithmetic_heldout
+    from rlpipe.tasks.tool_arithmetic import teacher_row, teacher_traces
+
+    t, problems = cfg.model.tiny, arithmetic_heldout(cfg.data)
+    train_file = run_dir / "teacher_traces.jsonl"
+    write_rows(train_file, teacher_traces(cfg.sft.teacher_rows, t.seed, t.teacher_tool_rate,
+                                          exclude=[p.question for p in problems],
+                                          bad_call_rate=t.teacher_bad_call_rate))
+    if heldout_file is None:
+        heldout_file = run_dir / "teacher_traces_heldout.jsonl"
+        write_rows(heldout_file, [teacher_row(p, t.teacher_tool_rate, random.Random(f"{t.seed}/{p.uid}"),
+                                              t.teacher_bad_call_rate) for p in problems])
+    return train_file, heldout_file
