@@ -193,12 +193,6 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-main = hydra_command("rlpipe eval", lambda cfg, resolved: evaluate(cfg))
-
-if __name__ == "__main__":
-    main()
-
-
 def mean_sampled_logprob(c) -> float:
     """The mean logprob of the tokens the model sampled (a multi-turn rollout's inserted tool tokens, logprob 0,
     would otherwise raise the confidence of every rollout that called a tool)."""
@@ -206,3 +200,9 @@ def mean_sampled_logprob(c) -> float:
         return sum(c.logprobs) / max(1, len(c.logprobs))
     sampled = [lp for lp, own in zip(c.logprobs, c.token_mask) if own]
     return sum(sampled) / max(1, len(sampled))
+
+
+main = hydra_command("rlpipe eval", lambda cfg, resolved: evaluate(cfg))
+
+if __name__ == "__main__":
+    main()

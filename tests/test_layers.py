@@ -12,9 +12,11 @@ import rlpipe
 ROOT = Path(rlpipe.__file__).parent
 FLOORS = {  # package -> the rlpipe packages it may import
     "algos": {"algos", "registry"},
-    "rollout": {"rollout", "registry", "errors"},
+    "rollout": {"rollout", "agents", "registry", "errors"},  # multi-turn rollouts drive the environments
     "verify": {"verify", "registry", "errors"},
-    "tasks": {"tasks", "verify", "errors"},  # a data file's gold answers are checked with its verifier's parser
+    "agents": {"agents", "verify", "registry", "errors"},  # the python tool runs in the code verifier's sandbox
+    # a data file's gold answers are checked with its verifier's parser; a task writes its tools' call format
+    "tasks": {"tasks", "verify", "agents", "errors"},
     "models": {"models", "tasks"},
     "learner": {"learner", "algos", "registry", "errors"},
     "reporting": {"reporting"},
