@@ -257,6 +257,13 @@ def _multi_turn(cfg: Config) -> list[str]:
                if t not in r.tools]
     if r.environment == "tools" and not r.tools:
         errors.append("rollout.environment=tools needs at least one tool in rollout.tools")
+    if cfg.data.task == "tool_arithmetic":  # the task declares the tools its problems need
+        from rlpipe.tasks.tool_arithmetic import TOOLS
+
+        missing = [t for t in TOOLS if t not in r.tools]
+        if missing:
+            errors.append(f"data.task=tool_arithmetic needs the tools {list(TOOLS)}: rollout.tools={list(r.tools)} "
+                          f"lacks {missing}")
     errors += _at_least("rollout.max_turns", r.max_turns, 1)
     errors += _at_least("rollout.tool_workers", r.tool_workers, 1)
     if r.thinking_budget_tokens is not None:
