@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from rlpipe.agents.env import Environment, EnvStep, build_environment
+from rlpipe.agents.env import Environment, build_environment
 from rlpipe.agents.tools import ToolInfraError
 from rlpipe.rollout.types import Completion, GenerationRequest, SamplingSettings
 
