@@ -1,8 +1,10 @@
 """``rlpipe eval [hydra overrides]`` (also ``python -m rlpipe.eval``): test-time scaling of a trained policy on the held-out set.
 
 Samples ``eval.samples_per_prompt`` candidates per held-out prompt through the rollout workers, scores them with the
-verifiers, and reports pass@k (unbiased), maj@k, best-of-N by the policy's score head (XBai o4's SPRM, if the model
-directory has ``score_head.pt``), the head's AUROC for correctness, and accuracy against the generation budget.
+verifiers, and reports pass@k (unbiased), maj@k, best-of-N by each score head saved beside the model (XBai o4's step
+head, ``score_head.pt``; the dense head, ``dense_score_head.pt``) and by the policy's own confidence (the free
+baseline a head must beat), each one's AUROC for correctness, the heads' cost next to the forward pass, and accuracy
+against the generation budget.
 Writes ``eval.json`` and ``eval.png`` to ``eval.output_dir`` and prints a table.
 
     rlpipe eval model.path=outputs/run/final_model eval.samples_per_prompt=32 'eval.budgets=[16,32,64]'
@@ -27,6 +29,8 @@ from rlpipe.config.schema import Config  # noqa: E402
 from rlpipe.verify.types import Verdict, VerdictKind  # noqa: E402
 
 log = logging.getLogger("rlpipe")
+HEAD_KEYS = {"sprm": "head", "dense_prm": "dense_head"}  # a head's name -> its keys in eval.json
+HEAD_LABELS = {"head": "step head", "dense_head": "dense head"}
 
 
 def evaluate(cfg: Config) -> dict[str, Any]:
@@ -38,6 +42,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     from rlpipe.driver.inputs import check_context_length, check_model_dir, load_prompts
     from rlpipe.driver.prompts import make_requests
     from rlpipe.driver.session import LearnerSpec, Session
+    from rlpipe.learner.dense_head import saved_dense_head
     from rlpipe.learner.score_head import saved_score_head
 
     e = cfg.eval
@@ -48,9 +53,10 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     max_tokens = max(budgets)
     n = e.samples_per_prompt
     check_context_length(model_path, cfg, max_tokens)
-    head = saved_score_head(model_path)
-    # One learner rank, no reference: it only scores candidates with the head saved beside the model.
-    learner = LearnerSpec(num_ranks=1, with_reference=False, heads=[("sprm", head)]) if head is not None else None
+    heads = [(kind, settings) for kind, settings in [("sprm", saved_score_head(model_path)),
+                                                     ("dense_prm", saved_dense_head(model_path))] if settings]
+    # One learner rank, no reference: it only scores candidates with the heads saved beside the model.
+    learner = LearnerSpec(num_ranks=1, with_reference=False, heads=heads) if heads else None
     with Session(cfg, model_path, learner=learner, max_response_tokens=max_tokens) as session:
         requests = make_requests(heldout, tokenize, n, cfg.trainer.seed, "eval")
         gen_start = time.time()
@@ -62,15 +68,14 @@ def evaluate(cfg: Config) -> dict[str, Any]:
         gold = {p.uid: p.gold for p in heldout}
         verdicts, counts = session.verifiers.score([(c.scorable_text, gold[c.request_id]) for c in completions])
         correct_flat = torch.tensor([v is not None and v.kind == VerdictKind.CORRECT for v in verdicts])
-        scores, head_seconds = None, None
+        prepared = None
         if session.learner is not None:
             session.learner.load_head_exports(model_path)
             group = {p.uid: i for i, p in enumerate(heldout)}
             candidates = Rollouts(list(heldout), requests, completions, torch.zeros(len(completions)), correct_flat,
                                   torch.tensor([group[c.request_id] for c in completions]),
                                   torch.tensor([v is not None and v.kind == VerdictKind.PARSE_FAIL for v in verdicts]))
-            out = session.learner.prepare(candidates, torch.ones(len(completions), dtype=torch.bool))
-            scores, head_seconds = out["sprm_scores"], float(out["head_seconds"].sum())
+            prepared = session.learner.prepare(candidates, torch.ones(len(completions), dtype=torch.bool))
         mode_rows = None
         if any(p.mode != "none" for p in heldout) or e.thinking_budgets:
             from transformers import AutoTokenizer
@@ -102,12 +107,21 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     confidence = torch.tensor([mean_sampled_logprob(c) for c in completions]).view(q, n)
     result["best_of_n_by_confidence"] = best_of_n_by(confidence)
     result["confidence_auroc_within_question"] = within_question_auroc(confidence, correct)
-    if scores is not None:
-        s = scores.view(q, n)
-        result["best_of_n_by_head"] = best_of_n_by(s)
-        result["head_auroc"] = auroc(scores, correct.flatten())
-        result["head_auroc_within_question"] = within_question_auroc(s, correct)
-        result["head_ms_per_candidate"] = 1000 * head_seconds / len(completions)
+    lowest = torch.tensor([min_sampled_logprob(c) for c in completions]).view(q, n)  # the dense head's min prior
+    result["best_of_n_by_min_logprob"] = best_of_n_by(lowest)
+    result["min_logprob_auroc_within_question"] = within_question_auroc(lowest, correct)
+    if prepared is not None:
+        result["forward_ms_per_candidate"] = 1000 * float(prepared["forward_seconds"].sum()) / len(completions)
+        for name, prefix in HEAD_KEYS.items():
+            if f"{name}_scores" not in prepared:
+                continue
+            s = prepared[f"{name}_scores"].view(q, n)
+            result[f"best_of_n_by_{prefix}"] = best_of_n_by(s)
+            result[f"{prefix}_auroc"] = auroc(s, correct)
+            result[f"{prefix}_auroc_within_question"] = within_question_auroc(s, correct)
+            ms = 1000 * float(prepared[f"{name}_seconds"].sum()) / len(completions)
+            result[f"{prefix}_ms_per_candidate"] = ms
+            result[f"{prefix}_cost_frac_of_forward"] = ms / max(1e-9, result["forward_ms_per_candidate"])
     if mode_rows is not None:
         result["by_mode_and_budget"] = mode_rows
     result["wall_seconds"] = round(time.time() - start, 1)
@@ -144,16 +158,22 @@ def format_table(r: dict[str, Any]) -> str:
         lines.append(f"  pass@{k:<3} {100 * v:6.1f}%")
     for k, v in r["maj@k"].items():
         lines.append(f"  maj@{k:<4} {100 * v:6.1f}%")
-    for k, v in r.get("best_of_n_by_head", {}).items():
-        lines.append(f"  best-of-{k:<3} by head {100 * v:6.1f}%")
+    for prefix, label in HEAD_LABELS.items():
+        for k, v in r.get(f"best_of_n_by_{prefix}", {}).items():
+            lines.append(f"  best-of-{k:<3} by {label} {100 * v:6.1f}%")
     for k, v in r["best_of_n_by_confidence"].items():
         lines.append(f"  best-of-{k:<3} by policy confidence {100 * v:6.1f}%")
+    for k, v in r["best_of_n_by_min_logprob"].items():
+        lines.append(f"  best-of-{k:<3} by lowest token logprob {100 * v:6.1f}%")
     lines.append(f"  policy confidence (mean token logprob) AUROC within a question "
-                 f"{r['confidence_auroc_within_question']:.3f}")
-    if "head_auroc" in r:
-        lines.append(f"  head AUROC (correctness) {r['head_auroc']:.3f} pooled, {r['head_auroc_within_question']:.3f} "
-                     f"within a question; head adds {r['head_ms_per_candidate']:.2f} ms per candidate on top of the "
-                     f"forward pass")
+                 f"{r['confidence_auroc_within_question']:.3f}; lowest token logprob "
+                 f"{r['min_logprob_auroc_within_question']:.3f}")
+    for prefix, label in HEAD_LABELS.items():
+        if f"{prefix}_auroc" in r:
+            lines.append(f"  {label} AUROC (correctness) {r[f'{prefix}_auroc']:.3f} pooled, "
+                         f"{r[f'{prefix}_auroc_within_question']:.3f} within a question; it adds "
+                         f"{r[f'{prefix}_ms_per_candidate']:.3f} ms per candidate to a forward pass of "
+                         f"{r['forward_ms_per_candidate']:.3f} ms ({100 * r[f'{prefix}_cost_frac_of_forward']:.2f}%)")
     for b, v in r["accuracy_by_budget"].items():
         lines.append(f"  accuracy within {b:>5} tokens {100 * v:6.1f}%")
     if "by_mode_and_budget" in r:
@@ -175,9 +195,11 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     budgets = list(r["accuracy_by_budget"])
     axes[0].plot(budgets, [100 * v for v in r["accuracy_by_budget"].values()], marker="o")
     axes[0].set(xlabel="generation budget (max response tokens)", ylabel="accuracy (%)", title="accuracy vs budget")
-    if "best_of_n_by_head" in r:
-        ns = list(r["best_of_n_by_head"])
-        axes[1].plot(ns, [100 * v for v in r["best_of_n_by_head"].values()], marker="o", label="best-of-N by head")
+    for prefix, label in HEAD_LABELS.items():
+        if f"best_of_n_by_{prefix}" in r:
+            ns = list(r[f"best_of_n_by_{prefix}"])
+            axes[1].plot(ns, [100 * v for v in r[f"best_of_n_by_{prefix}"].values()], marker="o",
+                         label=f"best-of-N by {label}")
     ns = list(r["best_of_n_by_confidence"])
     axes[1].plot(ns, [100 * v for v in r["best_of_n_by_confidence"].values()], marker="s", linestyle=":",
                  label="best-of-N by policy confidence")
@@ -193,13 +215,21 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def sampled_logprobs(c) -> list[float]:
+    """The logprobs of the tokens the model sampled: a multi-turn rollout's inserted tool tokens (logprob 0) left
+    out, or they would raise the confidence of every rollout that called a tool."""
+    return list(c.logprobs) if c.token_mask is None else [lp for lp, own in zip(c.logprobs, c.token_mask) if own]
+
+
 def mean_sampled_logprob(c) -> float:
-    """The mean logprob of the tokens the model sampled (a multi-turn rollout's inserted tool tokens, logprob 0,
-    would otherwise raise the confidence of every rollout that called a tool)."""
-    if c.token_mask is None:
-        return sum(c.logprobs) / max(1, len(c.logprobs))
-    sampled = [lp for lp, own in zip(c.logprobs, c.token_mask) if own]
+    """The policy's confidence: the mean logprob of the tokens it sampled."""
+    sampled = sampled_logprobs(c)
     return sum(sampled) / max(1, len(sampled))
+
+
+def min_sampled_logprob(c) -> float:
+    """The lowest logprob among the tokens the model sampled (0 for an empty response)."""
+    return min(sampled_logprobs(c), default=0.0)
 
 
 main = hydra_command("rlpipe eval", lambda cfg, resolved: evaluate(cfg))

@@ -70,9 +70,19 @@ class TinyModelConfig(Section):
     )
 
 
+# The per-kind defaults of model.score_head's unset (None) fields.
+STEP_HEAD_DEFAULTS = {"lr": 1e-5, "agreement_filter": True, "dropout": 0.5}
+DENSE_HEAD_DEFAULTS = {"lr": 1e-3, "agreement_filter": False, "dropout": 0.0}
+
+
 @dataclass
 class ScoreHeadConfig(Section):
-    enabled: bool = _help("Train XBai o4's self-supervised process reward head (SPRM) next to the policy.", False)
+    enabled: bool = _help("Train a score head on the policy's backbone next to the policy (XBai o4's SPRM; "
+                          "docs/sprm.md).", False)
+    kind: str = _help("'step': the paper's head, one score per step from the hidden state at the step's end. "
+                      "'dense': every response token's hidden state, sampled-token logprob and entropy, pooled into "
+                      "step and trajectory scores (rlpipe/learner/dense_head.py). 'both': the two side by side.",
+                      "step")
     layer: int = _help("Backbone layer whose hidden states the head reads (index into hidden_states; -2 = the "
                        "second-to-last, as the paper).", -2)
     delimiters: list[str] = _help("Step delimiters, each one token of the model's tokenizer; the token before the "
@@ -81,7 +91,8 @@ class ScoreHeadConfig(Section):
                                   default_factory=lambda: ["\n\n"])
     think_tokens: list[str] = _help("[<think>, </think>] if the model thinks in tags: only the thinking span is "
                                     "scored. Empty: the whole response.", default_factory=list)
-    lr: float = _help("The head's own AdamW learning rate (the paper: 1e-5).", 1e-5)
+    lr: Optional[float] = _help("The head's own AdamW learning rate. Default: 1e-5 for 'step' (the paper), "
+                                f"{DENSE_HEAD_DEFAULTS['lr']} for 'dense'.", None)
     grad_scale: float = _help("Scale of the head's gradient into the backbone (forward unchanged; the paper: 1e-4).",
                               1e-4)
     positive_weight: float = _help("Extra weight of positive steps in the class-balanced loss (the paper's code: "
@@ -89,10 +100,22 @@ class ScoreHeadConfig(Section):
     coef: float = _help("Weight of the head's loss next to the policy loss.", 1.0)
     exclude_format_failures: bool = _help("Leave samples whose answer could not be extracted out of the head's loss "
                                           "(their outcome label says nothing about their steps).", True)
-    agreement_filter: bool = _help("The paper's self-supervised filter: train only on steps whose prediction already "
-                                   "agrees with the outcome label. false: every scored step (plain outcome BCE).",
-                                   True)
-    dropout: float = _help("Dropout inside the head (the paper: 0.5).", 0.5)
+    agreement_filter: Optional[bool] = _help(
+        "The paper's self-supervised filter: train only on predictions that already agree with the outcome label. "
+        "false: plain outcome BCE. Default: on for 'step' (the paper), off for 'dense' (on a fresh head the filter "
+        "keeps what its random start agrees with; docs/sprm.md).", None)
+    dropout: Optional[float] = _help("Dropout inside the head. Default: 0.5 for 'step' (the paper), "
+                                     f"{DENSE_HEAD_DEFAULTS['dropout']} for 'dense'.", None)
+    pooling: str = _help("'dense': how token scores become step scores and a trajectory score: 'min' (one bad token "
+                         "condemns), 'mean', or 'attention' (learned weights).", "min")
+    width: int = _help("'dense': the head's width (the hidden state is projected to it).", 16)
+    features: list[str] = _help("'dense': what the head reads per token: any of hidden, logprob, entropy.",
+                                default_factory=lambda: ["hidden", "logprob", "entropy"])
+
+    def settings_for(self, kind: str) -> dict:
+        """lr / agreement_filter / dropout with the kind's defaults filled in where they are unset."""
+        defaults = STEP_HEAD_DEFAULTS if kind == "step" else DENSE_HEAD_DEFAULTS
+        return {k: defaults[k] if getattr(self, k) is None else getattr(self, k) for k in defaults}
 
 
 @dataclass

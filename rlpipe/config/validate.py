@@ -70,11 +70,23 @@ def _model(cfg: Config) -> list[str]:
             errors.append("model.score_head.delimiters must name at least one step delimiter")
         if len(h.think_tokens) not in (0, 2):
             errors.append(f"model.score_head.think_tokens must be [<think>, </think>] or empty (got {h.think_tokens})")
-        errors += _at_least("model.score_head.lr", h.lr, 0, strict=True)
+        errors += _choice("model.score_head.kind", h.kind, ["step", "dense", "both"])
+        if h.lr is not None:
+            errors += _at_least("model.score_head.lr", h.lr, 0, strict=True)
         errors += _at_least("model.score_head.grad_scale", h.grad_scale, 0)
         errors += _at_least("model.score_head.positive_weight", h.positive_weight, 0, strict=True)
         errors += _at_least("model.score_head.coef", h.coef, 0)
-        errors += _in_range("model.score_head.dropout", h.dropout, 0, 1, high_open=True)
+        if h.dropout is not None:
+            errors += _in_range("model.score_head.dropout", h.dropout, 0, 1, high_open=True)
+        if h.kind != "step":
+            from rlpipe.algos.dense_prm import FEATURES, POOLINGS
+
+            errors += _choice("model.score_head.pooling", h.pooling, list(POOLINGS))
+            errors += _at_least("model.score_head.width", h.width, 1)
+            bad = [f for f in h.features if f not in FEATURES]
+            if bad or not h.features:
+                errors.append(f"model.score_head.features must be a non-empty subset of {list(FEATURES)} "
+                              f"(got {list(h.features)})")
     return errors + _lora(cfg)
 
 

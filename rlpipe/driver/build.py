@@ -115,14 +115,16 @@ def verifier_options(cfg: Config) -> dict:
     return {}
 
 
-def score_head_settings(cfg: Config, model_path: str):
-    """The SPRM head's settings with its delimiter / think strings resolved to token ids, or None when it is off."""
+def head_specs(cfg: Config, model_path: str) -> list[tuple[str, object]]:
+    """The auxiliary heads the learner ranks build, as (kind, settings) pairs: the score head(s) of
+    ``model.score_head`` with their delimiter / think strings resolved to token ids; none when it is off."""
     h = cfg.model.score_head
     if not h.enabled:
-        return None
+        return []
     from transformers import AutoTokenizer
 
     from rlpipe.errors import ConfigError
+    from rlpipe.learner.dense_head import DenseHeadSettings
     from rlpipe.learner.score_head import ScoreHeadSettings
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -135,17 +137,17 @@ def score_head_settings(cfg: Config, model_path: str):
         return ids[0]
 
     think = [single_token(t, "think_tokens") for t in h.think_tokens]
-    return ScoreHeadSettings(
-        delimiter_ids=tuple(single_token(d, "delimiters") for d in h.delimiters),
-        think_start_id=think[0] if think else None, think_end_id=think[1] if think else None,
-        layer=h.layer, lr=h.lr, grad_scale=h.grad_scale, positive_weight=h.positive_weight, coef=h.coef,
-        dropout=h.dropout, agreement_filter=h.agreement_filter, exclude_format_failures=h.exclude_format_failures)
-
-
-def head_specs(cfg: Config, model_path: str) -> list[tuple[str, object]]:
-    """The auxiliary heads the learner ranks build, as (kind, settings) pairs."""
-    sprm = score_head_settings(cfg, model_path)
-    return [("sprm", sprm)] if sprm is not None else []
+    common = dict(delimiter_ids=tuple(single_token(d, "delimiters") for d in h.delimiters),
+                  think_start_id=think[0] if think else None, think_end_id=think[1] if think else None,
+                  layer=h.layer, grad_scale=h.grad_scale, positive_weight=h.positive_weight, coef=h.coef,
+                  exclude_format_failures=h.exclude_format_failures)
+    specs: list[tuple[str, object]] = []
+    if h.kind in ("step", "both"):
+        specs.append(("sprm", ScoreHeadSettings(**common, **h.settings_for("step"))))
+    if h.kind in ("dense", "both"):
+        specs.append(("dense_prm", DenseHeadSettings(**common, **h.settings_for("dense"), pooling=h.pooling,
+                                                     width=h.width, features=tuple(h.features))))
+    return specs
 
 
 def model_dir(cfg: Config) -> str:

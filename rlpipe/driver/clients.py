@@ -250,7 +250,7 @@ class LearnerClient:
     def prepare(self, rollouts: "Rollouts", loss_mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Send each rank its share of ``rollouts`` (``loss_mask [N]``: samples that get a loss); the ranks compute
         old/reference logprobs and head scores and keep the share. Returns per-sample quantities, [N] each (see
-        ``LearnerRank.prepare``), and ``head_seconds`` summed over ranks."""
+        ``LearnerRank.prepare``), and the ``*_seconds`` timings summed over ranks."""
         n = len(rollouts.completions)
         lengths = [len(rollouts.requests[int(g)].prompt_ids) + len(c.response_ids)
                    for g, c in zip(rollouts.group_index, rollouts.completions)]
@@ -262,7 +262,7 @@ class LearnerClient:
             index = torch.tensor([i for i, _ in rows])
             real = index >= 0
             for key, values in result.items():
-                if key == "head_seconds":
+                if key.endswith("_seconds"):  # [1] per rank: summed
                     merged[key] = merged.get(key, torch.zeros(1)) + values
                     continue
                 merged.setdefault(key, torch.zeros(n, dtype=values.dtype))[index[real]] = values[real]

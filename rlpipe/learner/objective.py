@@ -9,6 +9,7 @@ summed over a rank's micro-batches and averaged over ranks they are the mini-bat
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -74,10 +75,12 @@ class GlobalCounts:
 
 def forward_logprobs(
     model: torch.nn.Module, batch: TrainBatch, temperature: float, with_entropy: bool = False,
-    hidden_layers: Sequence[int] = (),
+    hidden_layers: Sequence[int] = (), timings: Optional[dict[str, float]] = None,
 ) -> Forward:
     """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy
-    and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2 is the second-to-last)."""
+    and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2 is the second-to-last).
+    ``timings``, if given, gets ``entropy_seconds``: what the entropy added (a head that reads it pays for it where
+    the forward would not compute it otherwise)."""
     p = batch.prompt_len
     n, t = batch.response_mask.shape
     if batch.packed is not None:
@@ -96,7 +99,10 @@ def forward_logprobs(
     # log_softmax via logsumexp: never materialises a second [N, T, V] tensor of probabilities.
     logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     logprobs = logprobs.masked_fill(~batch.response_mask, 0.0)
+    start = time.perf_counter()
     entropy = entropy_from_logits(logits) if with_entropy else None
+    if timings is not None:
+        timings["entropy_seconds"] = time.perf_counter() - start
     return Forward(logprobs, entropy, hidden)
 
 

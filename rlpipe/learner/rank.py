@@ -125,6 +125,7 @@ class LearnerRank(StageSteps):
         self.reference = (self._build_reference(backend, load()) if with_reference and lora is None else None)
         self.heads = build_heads(heads, hidden_size, self.device, seed)
         self.hidden_layers = tuple(sorted({h.hidden_layer for h in self.heads if h.hidden_layer is not None}))
+        self.heads_use_entropy = any(h.uses_entropy for h in self.heads)
         # This step's micro-batches, per mini-batch, with their rows' positions in the shard: kept from prepare to update.
         self._prepared: list[list[tuple[TrainBatch, torch.Tensor]]] = []
 
@@ -162,11 +163,13 @@ class LearnerRank(StageSteps):
         after the off-policy correction's mask), ``is_weight_sum`` / ``is_weight_max`` / ``is_limited`` (that
         correction's weights over the trained tokens and how many tokens it truncated or masked), ``kl_sum`` (Σ_t
         k(old, ref) over the trained tokens, with the loss's KL estimator; when there is a reference),
-        ``<head>_scores`` for heads that score; and ``head_seconds`` [1].
+        ``<head>_scores`` for heads that score; and, [1] each, ``head_seconds`` (all heads), ``<head>_seconds``
+        (each head's share: its scoring, plus the entropy when a head reads it and the policy needed none) and
+        ``forward_seconds`` (the policy forward the heads read, without that entropy).
         """
         self.backend.module.eval()
         n = shard.num_samples
-        out: dict[str, torch.Tensor] = {"head_seconds": torch.zeros(1)}
+        out: dict[str, torch.Tensor] = {"head_seconds": torch.zeros(1), "forward_seconds": torch.zeros(1)}
         self._prepared = []
         for micro_rows in self._micro_batch_rows(shard):
             micros = []
@@ -264,14 +267,22 @@ class LearnerRank(StageSteps):
 
         old = micro.rollout_logprobs.masked_fill(~micro.response_mask, 0.0)
         if not self.old_from_rollout or self.heads:
-            fwd = forward_logprobs(self.backend.module, micro, self.objective.temperature,
-                                   hidden_layers=self.hidden_layers)
+            timings: dict[str, float] = {}
             start = time.perf_counter()
+            fwd = forward_logprobs(self.backend.module, micro, self.objective.temperature,
+                                   with_entropy=self.heads_use_entropy, hidden_layers=self.hidden_layers,
+                                   timings=timings)
+            entropy_seconds = timings["entropy_seconds"]
+            out["forward_seconds"] += time.perf_counter() - start - entropy_seconds
             for head in self.heads:
+                start = time.perf_counter()
                 scores = head.scores(fwd, micro)
                 if scores is not None:
                     put(f"{head.name}_scores", scores)
-            out["head_seconds"] += time.perf_counter() - start
+                spent = time.perf_counter() - start + (entropy_seconds if head.uses_entropy else 0.0)
+                key = f"{head.name}_seconds"
+                out[key] = out.get(key, torch.zeros(1)) + spent
+                out["head_seconds"] += spent
             if not self.old_from_rollout:
                 old = fwd.logprobs
         c = self.correction

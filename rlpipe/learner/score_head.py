@@ -9,16 +9,15 @@ rank, outside FSDP/DeepSpeed). The math is in ``rlpipe.algos.sprm``.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 
 from rlpipe.algos.sprm import scale_grad, sprm_loss, step_end_mask, trajectory_scores
 from rlpipe.learner.batch import TrainBatch
-from rlpipe.learner.heads import AUXILIARY_HEADS, Forward
+from rlpipe.learner.heads import AUXILIARY_HEADS, Forward, ReplicatedHead
 
 WEIGHTS_FILE, SETTINGS_FILE = "score_head.pt", "score_head.json"
 
@@ -62,17 +61,18 @@ class ScoreHead(torch.nn.Module):
 
 
 @AUXILIARY_HEADS.register("sprm")
-class ScoreHeadTrainer:
+class ScoreHeadTrainer(ReplicatedHead):
     """The head, its optimizer, and what the learner rank asks of an auxiliary head."""
 
     name = "sprm"
+    weights_file, settings_file = WEIGHTS_FILE, SETTINGS_FILE
 
     def __init__(self, hidden_size: int, settings: ScoreHeadSettings, device: torch.device, seed: int):
         self.s = settings
         self.hidden_layer = settings.layer
         with torch.random.fork_rng(devices=[]):  # the head's init must not shift the policy's random stream
             torch.manual_seed(seed + 7919)
-            self.head = ScoreHead(hidden_size, settings.dropout).to(device)
+            self.head = self.module = ScoreHead(hidden_size, settings.dropout).to(device)
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=settings.lr)
 
     def step_logits(self, hidden: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,14 +82,6 @@ class ScoreHeadTrainer:
         mask = step_end_mask(batch.input_ids[:, p:].cpu(), batch.response_mask.cpu(), self.s.delimiter_ids,
                              self.s.think_start_id, self.s.think_end_id).to(logits.device)
         return logits, mask
-
-    def labels(self, batch: TrainBatch) -> torch.Tensor:
-        """[N]: the outcome (1 correct, 0 wrong); -1 (left out) for format failures when so configured — their
-        outcome says nothing about their steps."""
-        labels = batch.outcome.float().clone()
-        if self.s.exclude_format_failures:
-            labels[~batch.format_ok] = -1.0
-        return labels
 
     def loss(self, fwd: Forward, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, float]]:
         logits, mask = self.step_logits(fwd.hidden[self.hidden_layer], batch)
@@ -104,30 +96,3 @@ class ScoreHeadTrainer:
         logits, mask = self.step_logits(fwd.hidden[self.hidden_layer], batch)
         self.head.train()
         return trajectory_scores(logits, mask).cpu()
-
-    def step(self) -> None:
-        """Average the head's gradients over the ranks (each rank normalised its own loss), then step."""
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            for p in self.head.parameters():
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= dist.get_world_size()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def state_dict(self) -> dict:
-        return {"head": self.head.state_dict(), "optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.head.load_state_dict(state["head"])
-        self.optimizer.load_state_dict(state["optimizer"])
-
-    def export(self, directory: str) -> None:
-        torch.save(self.head.state_dict(), f"{directory}/{WEIGHTS_FILE}")
-        with open(f"{directory}/{SETTINGS_FILE}", "w") as f:
-            json.dump(asdict(self.s), f, indent=2)
-
-    def load_export(self, directory: str) -> None:
-        device = next(self.head.parameters()).device
-        self.head.load_state_dict(torch.load(f"{directory}/{WEIGHTS_FILE}", map_location=device))

@@ -129,28 +129,35 @@ def test_code_verifier_on_a_code_data_set(tmp_path):
     assert steps and all(r["verify/error_frac"] == 0 and r["verify/dropped"] == 0 for r in steps)
 
 
-def test_score_head_trains_jointly_and_eval_reports_best_of_n(tmp_path):
-    """XBai o4's head through the real run (local mode) and `python -m rlpipe.eval` on the exported model: the head
-    is trained (its loss and AUROCs are logged), saved beside the HF weights, and drives the best-of-N table."""
+def test_score_heads_train_jointly_and_eval_reports_best_of_n(tmp_path):
+    """XBai o4's step head and the dense head side by side through the real run (local mode) and `python -m
+    rlpipe.eval` on the exported model: both are trained (their losses and AUROCs are logged), saved beside the HF
+    weights, and drive the best-of-N table next to the policy's confidence, with their cost next to the forward."""
     run = tmp_path / "run"
-    summary, rows, _ = _train(run, "model.score_head.enabled=true", "model.score_head.lr=1e-3", "cluster=local",
-                              "trainer.total_steps=2", "trainer.eval_every_steps=2", "data.heldout_size=16",
-                              "logger.progress_bar=false")
-    steps = [r for r in rows if "sprm/loss" in r]
-    assert len(steps) == 2 and all(0 < r["sprm/loss"] < 10 and 0 <= r["sprm/auroc"] <= 1 for r in steps)
-    assert (run / "final_model" / "score_head.pt").exists() and (run / "final_model" / "score_head.json").exists()
+    summary, rows, _ = _train(run, "model.score_head.enabled=true", "model.score_head.kind=both",
+                              "model.score_head.lr=1e-3", "cluster=local", "trainer.total_steps=2",
+                              "trainer.eval_every_steps=2", "data.heldout_size=16", "logger.progress_bar=false")
+    for name in ("sprm", "dense_prm"):
+        steps = [r for r in rows if f"{name}/loss" in r]
+        assert len(steps) == 2 and all(0 < r[f"{name}/loss"] < 10 and 0 <= r[f"{name}/auroc"] <= 1 for r in steps)
+    for file in ("score_head.pt", "score_head.json", "dense_score_head.pt", "dense_score_head.json"):
+        assert (run / "final_model" / file).exists(), file
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, "-m", "rlpipe.eval", f"model.path={run / 'final_model'}", "cluster=local",
                            "data.heldout_size=16", "eval.samples_per_prompt=8", "eval.best_of=[2,8]",
                            "eval.budgets=[32,64]", f"eval.output_dir={out}"],
                           cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    assert "best-of-8   by head" in proc.stdout and "by policy confidence" in proc.stdout
+    assert "best-of-8   by step head" in proc.stdout and "best-of-8   by dense head" in proc.stdout
+    assert "by policy confidence" in proc.stdout
     r = json.loads((out / "eval.json").read_text())
     assert r["prompts"] == 16 and r["samples_per_prompt"] == 8 and r["unscored_samples"] == 0
-    assert set(r["best_of_n_by_head"]) == {"2", "8"} and set(r["best_of_n_by_confidence"]) == {"2", "8"}
-    for value in [*r["pass@k"].values(), *r["best_of_n_by_head"].values(), r["head_auroc"]]:
-        assert 0.0 <= value <= 1.0
-    # best-of-N picks one candidate per group, so it lies between the worst and the best a group could do
-    assert r["pass@k"]["1"] <= r["pass@k"]["8"] and r["best_of_n_by_head"]["8"] <= r["pass@k"]["8"] + 1e-9
-    assert r["head_ms_per_candidate"] > 0 and (out / "eval.png").exists()
+    assert set(r["best_of_n_by_confidence"]) == {"2", "8"} and set(r["best_of_n_by_min_logprob"]) == {"2", "8"}
+    assert r["forward_ms_per_candidate"] > 0 and (out / "eval.png").exists()
+    for prefix in ("head", "dense_head"):
+        assert set(r[f"best_of_n_by_{prefix}"]) == {"2", "8"}
+        for value in [*r["pass@k"].values(), *r[f"best_of_n_by_{prefix}"].values(), r[f"{prefix}_auroc"]]:
+            assert 0.0 <= value <= 1.0
+        # best-of-N picks one candidate per group, so it lies between the worst and the best a group could do
+        assert r["pass@k"]["1"] <= r["pass@k"]["8"] and r[f"best_of_n_by_{prefix}"]["8"] <= r["pass@k"]["8"] + 1e-9
+        assert r[f"{prefix}_ms_per_candidate"] > 0 and r[f"{prefix}_cost_frac_of_forward"] > 0
