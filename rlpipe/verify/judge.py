@@ -204,9 +204,9 @@ def candidate_main(req_fd: int, resp_fd: int) -> None:
             if op == "load":
                 with open(PROGRAM, encoding="utf-8") as f:
                     source = f.read()
-                exec(compile(source, "main.py", "exec"), ns)
+                exec(compile(source, "main.py", "exec", dont_inherit=True), ns)
                 if msg.get("setup"):
-                    exec(compile(msg["setup"], "setup.py", "exec"), ns)
+                    exec(compile(msg["setup"], "setup.py", "exec", dont_inherit=True), ns)
                 reply = ["N"]
             elif op == "lookup":  # module-level bindings only: builtins are the judge's own
                 reply = {n: value(ns[n]) for n in msg["names"] if n in ns and not n.startswith("__")}
@@ -455,9 +455,9 @@ class Judge:
         task = self.task
         if task["mode"] == "humaneval":
             if task.get("prompt"):
-                exec(compile(task["prompt"], "prompt.py", "exec"), ns)
+                exec(compile(task["prompt"], "prompt.py", "exec", dont_inherit=True), ns)
                 ns.pop(task["entry_point"], None)  # the prompt's stub: the program's function replaces it
-            exec(compile(task["test"], "test.py", "exec"), ns)
+            exec(compile(task["test"], "test.py", "exec", dont_inherit=True), ns)
             if not callable(ns.get("check")):
                 raise ValueError("the test source defines no check(candidate)")
             return ns, [("check", None)]
@@ -485,7 +485,7 @@ class Judge:
                 for alias, name in subjects.renamed.items():
                     ns[alias] = program[name]
                 _bind(ns, names, ch)
-                jobs = [(f"test_{i}", self._exec_job(compile(t, f"test_{i}", "exec"), ns))
+                jobs = [(f"test_{i}", self._exec_job(compile(t, f"test_{i}", "exec", dont_inherit=True), ns))
                         for i, t in enumerate(trees)]
         except BaseException as e:
             return {"tests": [{"name": "load", "ok": False, "why": _why(e, ch)}]}

@@ -235,6 +235,19 @@ def test_program_semantics(verifier):
 
 
 @needs_bwrap
+def test_programs_and_tests_do_not_inherit_the_judges_future_imports(verifier):
+    """The judge has ``from __future__ import annotations``; code it compiles must not: a program (or a test) that
+    reads its own annotations sees the classes, not strings, as under a plain ``python``."""
+    program = ("def f(x: int) -> int:\n    return x\nANNOTATED = f.__annotations__['x'] is int\n"
+               "def annotated():\n    return ANNOTATED\n")
+    test = "def h(y: int):\n    pass\nassert annotated() is True and h.__annotations__['y'] is int"
+    assert verifier.score(program, {"tests": [test]}).kind is VerdictKind.CORRECT
+    check = "def check(candidate):\n    def h(y: int):\n        pass\n    assert h.__annotations__['y'] is int\n" \
+            "    assert candidate() is True\n"
+    assert verifier.score(program, {"test": check, "entry_point": "annotated"}).kind is VerdictKind.CORRECT
+
+
+@needs_bwrap
 def test_prompt_helpers_are_the_judges_own(verifier):
     """HumanEval/32 checks the answer with ``poly`` from the prompt: given the prompt, the program's own ``poly``
     (which a hacker would make return 0) is not the one the check uses."""
