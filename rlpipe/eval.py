@@ -104,7 +104,7 @@ def evaluate(cfg: Config) -> dict[str, Any]:
     def best_of_n_by(score: torch.Tensor) -> dict[int, float]:
         return {k: best_of_n(score, correct, k) for k in e.best_of if k <= n}
 
-    confidence = torch.tensor([mean_sampled_logprob(c) for c in completions]).view(q, n)
+    confidence = torch.tensor([c.confidence for c in completions]).view(q, n)
     result["best_of_n_by_confidence"] = best_of_n_by(confidence)
     result["confidence_auroc_within_question"] = within_question_auroc(confidence, correct)
     lowest = torch.tensor([min_sampled_logprob(c) for c in completions]).view(q, n)  # the dense head's min prior
@@ -215,21 +215,9 @@ def _plot(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def sampled_logprobs(c) -> list[float]:
-    """The logprobs of the tokens the model sampled: a multi-turn rollout's inserted tool tokens (logprob 0) left
-    out, or they would raise the confidence of every rollout that called a tool."""
-    return list(c.logprobs) if c.token_mask is None else [lp for lp, own in zip(c.logprobs, c.token_mask) if own]
-
-
-def mean_sampled_logprob(c) -> float:
-    """The policy's confidence: the mean logprob of the tokens it sampled."""
-    sampled = sampled_logprobs(c)
-    return sum(sampled) / max(1, len(sampled))
-
-
 def min_sampled_logprob(c) -> float:
     """The lowest logprob among the tokens the model sampled (0 for an empty response)."""
-    return min(sampled_logprobs(c), default=0.0)
+    return min(c.sampled_logprobs, default=0.0)
 
 
 main = hydra_command("rlpipe eval", lambda cfg, resolved: evaluate(cfg))

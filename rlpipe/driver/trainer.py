@@ -218,11 +218,16 @@ def offpolicy_metrics(prepared: dict[str, torch.Tensor], loss_mask: torch.Tensor
 
 def head_metrics(rollouts: Rollouts, prepared: dict[str, torch.Tensor]) -> dict[str, float]:
     """For each auxiliary head that scores samples: how well its scores (taken before training on these samples, so
-    a fair test) rank correct above wrong, pooled and among one prompt's samples (what best-of-N needs)."""
+    a fair test) rank correct above wrong, pooled and among one prompt's samples (what best-of-N needs); beside them,
+    the same for the policy's own confidence (mean sampled-token logprob), the free baseline a head has to beat."""
     out = {}
     for key, scores in prepared.items():
         if key.endswith("_scores"):
             name = key.removesuffix("_scores")
             out[f"{name}/auroc"] = auroc(scores, rollouts.correct)
             out[f"{name}/auroc_within_prompt"] = grouped_auroc(scores, rollouts.correct, rollouts.group_index)
+    if out:
+        confidence = torch.tensor([c.confidence for c in rollouts.completions])
+        out["confidence/auroc"] = auroc(confidence, rollouts.correct)
+        out["confidence/auroc_within_prompt"] = grouped_auroc(confidence, rollouts.correct, rollouts.group_index)
     return out

@@ -62,7 +62,8 @@ def saved_dense_head(model_dir: str) -> Optional[DenseHeadSettings]:
 
 
 class DenseScoreHead(torch.nn.Module):
-    """``[Linear(h, width)(LayerNorm(hidden)), logprob, entropy] → Linear → ReLU → Dropout → Linear(width, 2)``."""
+    """``[Linear(h, width)(LayerNorm(hidden)), logprob, entropy] → Linear → ReLU → Dropout → Linear(width, 2)``,
+    plus the confidence prior ``w·logprob + b`` on the token logit."""
 
     def __init__(self, hidden_size: int, width: int, dropout: float, features: tuple[str, ...]):
         super().__init__()

@@ -66,6 +66,20 @@ class Completion:
     infra_error: Optional[str] = None
 
     @property
+    def sampled_logprobs(self) -> list[float]:
+        """The logprobs of the tokens the model sampled: an environment's inserted tokens (logprob 0) left out, or
+        they would raise the confidence of every rollout that called a tool."""
+        if self.token_mask is None:
+            return list(self.logprobs)
+        return [lp for lp, own in zip(self.logprobs, self.token_mask) if own]
+
+    @property
+    def confidence(self) -> float:
+        """The policy's own confidence in this sample: the mean logprob of the tokens it sampled (0 if none)."""
+        sampled = self.sampled_logprobs
+        return sum(sampled) / max(1, len(sampled))
+
+    @property
     def scorable_text(self) -> Optional[str]:
         """The text a verifier scores, or None for a rollout a tool could not serve (never scored as wrong)."""
         return self.text if self.infra_error is None else None

@@ -42,7 +42,8 @@ def test_attention_pooling_with_equal_weights_is_the_token_mean():
 
 def test_attention_pooling_by_hand():
     """Row 1 with attention logits (0, ln 3, 0, 0): step 0 is token 0 alone (weight 1 → 2.0); step 1 weighs
-    tokens 1..3 by 3:1:1 → (3·(−1) + 1 + 3) / 5 = 0.2; the trajectory weighs all four 1:3:1:1 → (2 − 3 + 1 + 3) / 6."""
+    tokens 1..3 by 3:1:1 → (3·(−1) + 1 + 3) / 5 = 0.2; the trajectory weighs all four 1:3:1:1
+    → (2 − 3 + 1 + 3) / 6."""
     attention = torch.tensor([[0.0] * 6, [0.0, math.log(3.0), 0.0, 0.0, 9.0, 9.0]])  # padding's 9 must not count
     steps, _, trajectory = pool_steps(TOKENS, attention, step_ids(STEP_END, MASK), "attention")
     assert steps[1, :2].tolist() == pytest.approx([2.0, 0.2])

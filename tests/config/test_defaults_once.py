@@ -66,6 +66,7 @@ SETTINGS = [
     "rlpipe.learner.score_head:ScoreHeadSettings", "rlpipe.rollout.types:SamplingSettings",
     "rlpipe.driver.collect:CollectSettings", "rlpipe.driver.trainer:StepSettings",
     "rlpipe.learner.rank:CorrectionSettings", "rlpipe.learner.lora:LoraSettings",
+    "rlpipe.learner.dense_head:DenseHeadSettings",
 ]
 
 
