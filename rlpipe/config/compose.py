@@ -34,7 +34,7 @@ def load_config(overrides: Sequence[str] = (), *, config_dir: Optional[str | Pat
     with context:
         cfg = OmegaConf.to_object(compose(config_name, overrides=[*extra, *overrides]))
     if validate:
-        from rlpipe.config.schema import freeze
+        from rlpipe.config.section import freeze
         from rlpipe.config.validate import validate as check
 
         check(cfg)
@@ -59,7 +59,7 @@ def hydra_command(prog: str, task: Callable[[Any, dict], Any],
 
     @hydra.main(config_path=CONFIG_SOURCE, config_name=CONFIG_NAME, version_base="1.3")
     def main(dcfg: DictConfig) -> None:
-        from rlpipe.config.schema import freeze
+        from rlpipe.config.section import freeze
         from rlpipe.config.validate import validate
         from rlpipe.errors import ConfigError, RunAborted, UserError
 

@@ -37,7 +37,7 @@ def stage_config(resolved: dict[str, Any], model_path: str | None, stage_dir: Pa
     """The typed, validated, frozen config of one stage: the pipeline's, with the model and run location set."""
     from omegaconf import OmegaConf
 
-    from rlpipe.config.schema import freeze
+    from rlpipe.config.section import freeze
     from rlpipe.config.validate import validate
 
     stage = copy.deepcopy(resolved)
