@@ -19,6 +19,7 @@ from rlpipe.registry import import_object
 
 log = logging.getLogger(__name__)
 FATAL_EXIT_CODE = 70
+WORKER_NAMES = {"learner": "learner ranks", "rollout": "rollout engines", "verifier": "verifiers"}  # for the log
 
 
 class RemoteCallError(RuntimeError):
@@ -62,10 +63,11 @@ class RoleActor:
         if factory is not None:
             self.construct(factory, kwargs or {})
 
-    def construct(self, factory: str, kwargs: dict) -> bool:
+    def construct(self, factory: str, kwargs: dict) -> int:
+        """Build the object; returns this worker's pid (as ``ready`` does)."""
         self._recipe = (factory, kwargs)
         self.obj = import_object(factory)(**kwargs)
-        return True
+        return os.getpid()
 
     def ready(self) -> int:
         return os.getpid()
@@ -98,7 +100,7 @@ class RoleActor:
         self.rebuilds += 1
 
     def rendezvous_address(self) -> tuple[str, int]:
-        from rlpipe.learner.rank import free_port_address
+        from rlpipe.learner.settings import free_port_address
 
         return free_port_address()
 
@@ -137,7 +139,9 @@ class ActorGroup:
 
     def construct(self, factory: str, kwargs_per_worker: Sequence[dict], wait: bool = True) -> None:
         """Build the plain objects (in parallel in Ray mode: learner ranks rendezvous inside their constructors).
-        ``wait=False`` returns at once; ``wait_constructed`` then waits (several groups can start together)."""
+        ``wait=False`` returns at once: several groups start together, and the group's first call (or
+        ``wait_constructed``) waits for its construction to finish, so a role needed later (the learner, after the
+        first evaluation) keeps starting while the others work."""
         if self.restartable:
             if self.mode == "ray":
                 import ray
@@ -155,13 +159,20 @@ class ActorGroup:
             self.wait_constructed()
 
     def wait_constructed(self) -> None:
+        """Wait until every worker has built its object (a construction error is raised here)."""
         handles, self._constructing = self._constructing, []
-        self.get(handles, "construct")
+        if handles:
+            start = time.perf_counter()
+            pids = self.get(handles, "construct")
+            if self.mode == "ray":  # which process is which, for whoever reads a crash report or a top
+                log.info("worker pids: %s %s (ready %.1f s after this wait began)",
+                         WORKER_NAMES.get(self.name, self.name), pids, time.perf_counter() - start)
 
     def pids(self) -> list[int]:
         """The workers' process ids (this process's in local mode)."""
         if self.mode != "ray":
             return [os.getpid()] * self.size
+        self.wait_constructed()
         return self.get([w.ready.remote() for w in self._actors], "ready")
 
     def incarnations(self) -> list:
@@ -209,10 +220,12 @@ class ActorGroup:
         Handles can be passed as arguments to another group's ``submit``: Ray resolves them where they are used,
         so large results (exported weights) go learner -> rollout without passing through the driver.
         """
+        self.wait_constructed()
         args_per_worker = args_per_worker or [()] * self.size
         return [self._submit(w, "call", (method, *args), kwargs) for w, args in zip(self._actors, args_per_worker)]
 
     def submit_to(self, index: int, method: str, *args: Any, **kwargs: Any):
+        self.wait_constructed()
         return self._submit(self._actors[index], "call", (method, *args), kwargs)
 
     def call(self, method: str, args_per_worker: Optional[Sequence[tuple]] = None, **kwargs: Any) -> list:

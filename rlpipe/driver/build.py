@@ -11,7 +11,7 @@ from rlpipe.driver.trainer import StepSettings
 from rlpipe.errors import UserError
 from rlpipe.learner.objective import ObjectiveSettings
 from rlpipe.learner.lora import LoraSettings
-from rlpipe.learner.rank import CorrectionSettings, OptimizerSettings
+from rlpipe.learner.settings import CorrectionSettings, OptimizerSettings
 from rlpipe.rollout.types import SamplingSettings
 
 

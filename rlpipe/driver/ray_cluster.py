@@ -6,7 +6,8 @@ import logging
 import os
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
 
 from rlpipe.process_env import DEFAULTS
 
@@ -74,25 +75,44 @@ def gpus_per_rollout_engine(placement: str) -> float:
     return COLOCATED_GPU_SHARE if placement == "colocated" else 1.0
 
 
-def learner_actor_options(num_ranks: int, strategy: str, timeout_s: float, placement: str = "split") -> list[dict]:
-    """One placement-group bundle per learner rank (PACK / SPREAD / STRICT_SPREAD across nodes)."""
+@dataclass(frozen=True)
+class LearnerBundles:
+    """A placement group with one bundle per learner rank, asked for (``reserve_learner_bundles``) before the other
+    roles' actors are placed, and waited for when the ranks are built (``learner_actor_options``)."""
+
+    pg: Any
+    bundle: dict
+    strategy: str
+
+
+def reserve_learner_bundles(num_ranks: int, strategy: str, placement: str = "split") -> LearnerBundles:
+    """Ask for one bundle per learner rank (PACK / SPREAD / STRICT_SPREAD across nodes) now, without waiting: the
+    learner's bundles are the scarcest resource, so they are reserved first, while the ranks themselves may be built
+    after the other roles."""
     import ray
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     gpu = COLOCATED_GPU_SHARE if placement == "colocated" else 1.0
     gpu = gpu if cluster_has_gpus() else 0.0
     bundle = {"CPU": 1, "GPU": gpu} if gpu else {"CPU": 1}
-    pg = ray.util.placement_group([dict(bundle) for _ in range(num_ranks)], strategy=strategy)
-    if not pg.wait(timeout_seconds=timeout_s):
+    return LearnerBundles(ray.util.placement_group([dict(bundle) for _ in range(num_ranks)], strategy=strategy),
+                          bundle, strategy)
+
+
+def learner_actor_options(bundles: LearnerBundles, num_ranks: int, timeout_s: float) -> list[dict]:
+    """Actor options placing rank i in bundle i, once the placement group is placed."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    if not bundles.pg.wait(timeout_seconds=timeout_s):
         raise RuntimeError(
-            f"could not place {num_ranks} learner ranks ({bundle} each, strategy {strategy}) within {timeout_s:.0f} s;"
-            f" cluster resources: {ray.cluster_resources()}"
+            f"could not place {num_ranks} learner ranks ({bundles.bundle} each, strategy {bundles.strategy}) within "
+            f"{timeout_s:.0f} s; cluster resources: {ray.cluster_resources()}"
         )
     return [
         dict(
             num_cpus=1,
-            num_gpus=gpu,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            num_gpus=bundles.bundle.get("GPU", 0.0),
+            scheduling_strategy=PlacementGroupSchedulingStrategy(bundles.pg, placement_group_bundle_index=i),
             runtime_env={"env_vars": actor_env()},
         )
         for i in range(num_ranks)

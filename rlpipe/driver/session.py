@@ -36,9 +36,9 @@ class LearnerSpec:
 
 class Session:
     """``with Session(cfg, model_path, ...) as s:`` — ``s.learner``, ``s.rollout``, ``s.verifiers`` (None for roles
-    not asked for). Learner ranks are built first (their placement group is the scarcest resource); on exit the
-    engines go first (in local mode an in-process vLLM engine uses the process group the learner owns), then the
-    verifiers, the learner, and Ray itself if the session started it."""
+    not asked for). On entry the engines and verifiers are ready; the learner may still be starting (its first call
+    waits for it). On exit the engines go first (in local mode an in-process vLLM engine uses the process group the
+    learner owns), then the verifiers, the learner, and Ray itself if the session started it."""
 
     def __init__(self, cfg: Config, model_path: str, *, learner: Optional[LearnerSpec] = None, rollout: bool = True,
                  verifiers: bool = True, max_response_tokens: Optional[int] = None):
@@ -62,16 +62,21 @@ class Session:
             if c.mode == "ray":
                 self._stack.enter_context(ray_cluster.ray_session(c.address, max(2, self.actors_needed())))
                 self._check_resources()
-            # Every role starts at once, then all are awaited. The learner is asked first: in local mode construction
-            # is sequential, and an in-process vLLM engine joins the default process group the learner creates (were
-            # the engine first, it would create its own and the learner's init_process_group would fail).
-            if self._learner_spec is not None:
-                self.learner = build_learner(self.cfg, self.model_path, self._learner_spec, wait=False)
-            if self._want_rollout:
-                self.rollout = build_rollout(self.cfg, self.model_path, self.max_model_len, wait=False)
-            if self._want_verifiers:
-                self.verifiers = build_verifiers(self.cfg, wait=False)
-            for client in (self.rollout, self.learner, self.verifiers):
+                # Every role starts at once. The learner's bundles are reserved first (the scarcest resource), the
+                # rollout engines' actors created next: they take longest to start (importing vLLM alone is ~10 s on
+                # two CPU cores), and the first evaluation needs only them and the verifiers. The learner keeps
+                # starting meanwhile; its first call waits for it (ActorGroup.construct).
+                bundles = (reserve_learner_bundles(self.cfg, self._learner_spec.num_ranks)
+                           if self._learner_spec is not None else None)
+                self._start_rollout_and_verifiers()
+                self._start_learner(bundles)
+            else:
+                # In one process construction is sequential, and the learner must come first: an in-process vLLM
+                # engine joins the default process group the learner creates (were the engine first, it would create
+                # its own and the learner's init_process_group would fail).
+                self._start_learner()
+                self._start_rollout_and_verifiers()
+            for client in (self.rollout, self.verifiers):
                 if client is not None:
                     client.group.wait_constructed()
             if self.rollout is not None:
@@ -79,11 +84,17 @@ class Session:
         except BaseException:
             self.close()
             raise
-        if c.mode == "ray":  # which process is which, for whoever has to read a crash report or a top
-            log.info("worker pids: learner ranks %s, rollout engines %s, verifiers %s",
-                     *(client.group.pids() if client else [] for client in (self.learner, self.rollout,
-                                                                             self.verifiers)))
         return self
+
+    def _start_learner(self, bundles: Optional[ray_cluster.LearnerBundles] = None) -> None:
+        if self._learner_spec is not None:
+            self.learner = build_learner(self.cfg, self.model_path, self._learner_spec, wait=False, bundles=bundles)
+
+    def _start_rollout_and_verifiers(self) -> None:
+        if self._want_rollout:
+            self.rollout = build_rollout(self.cfg, self.model_path, self.max_model_len, wait=False)
+        if self._want_verifiers:
+            self.verifiers = build_verifiers(self.cfg, wait=False)
 
     def __exit__(self, *exc) -> None:
         self.close()
@@ -126,10 +137,13 @@ class Session:
                        engines_share_devices=cfg.cluster.placement == "colocated")
 
 
-def build_learner(cfg: Config, model_path: str, spec: LearnerSpec, wait: bool = True) -> LearnerClient:
+def build_learner(cfg: Config, model_path: str, spec: LearnerSpec, wait: bool = True,
+                  bundles: Optional[ray_cluster.LearnerBundles] = None) -> LearnerClient:
+    """The learner ranks (``bundles``: their placement group, if already reserved)."""
     mode, timeout, n = cfg.cluster.mode, cfg.cluster.call_timeout_s, spec.num_ranks
-    options = (ray_cluster.learner_actor_options(n, cfg.cluster.learner_placement_strategy, timeout,
-                                                 cfg.cluster.placement) if mode == "ray" else ())
+    if mode == "ray" and bundles is None:
+        bundles = reserve_learner_bundles(cfg, n)
+    options = ray_cluster.learner_actor_options(bundles, n, timeout) if mode == "ray" else ()
     group = ActorGroup("learner", mode, n, options, timeout)
     master_addr, master_port = group.rendezvous_address()
     common = dict(
@@ -158,6 +172,11 @@ def build_learner(cfg: Config, model_path: str, spec: LearnerSpec, wait: bool = 
     )
     group.construct("rlpipe.learner.rank:LearnerRank", [dict(common, rank=i) for i in range(n)], wait=wait)
     return LearnerClient(group, cfg.learner.updates_per_step)
+
+
+def reserve_learner_bundles(cfg: Config, num_ranks: int) -> ray_cluster.LearnerBundles:
+    return ray_cluster.reserve_learner_bundles(num_ranks, cfg.cluster.learner_placement_strategy,
+                                               cfg.cluster.placement)
 
 
 def build_rollout(cfg: Config, model_path: str, max_model_len: int, wait: bool = True) -> RolloutClient:

@@ -7,10 +7,7 @@ builds it in-process with world size 1. A step's samples reach it once (``prepar
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Optional, Sequence
 
@@ -25,33 +22,8 @@ from rlpipe.learner.heads import build_heads
 from rlpipe.learner.lora import LoraSettings, adapters_disabled, inject, lora_metrics, merge_state, save_adapter
 from rlpipe.learner.packing import PACKING_MODES
 from rlpipe.learner.objective import GlobalCounts, ObjectiveSettings, forward_logprobs, policy_objective
+from rlpipe.learner.settings import CorrectionSettings, OptimizerSettings, free_port_address  # noqa: F401 (API)
 from rlpipe.learner.stages import StageSteps
-
-
-@dataclass(frozen=True)
-class CorrectionSettings:
-    """Off-policy correction of the loss (``algorithm.rollout_correction*``; rlpipe.algos.offpolicy)."""
-
-    mode: str
-    threshold: float
-    level: str
-
-
-
-@dataclass(frozen=True)
-class OptimizerSettings:
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float
-    max_grad_norm: float
-
-
-def free_port_address() -> tuple[str, int]:
-    """This node's address and a free TCP port, for the rank-0 rendezvous."""
-    addr = os.environ.get("RLPIPE_MASTER_ADDR", "127.0.0.1")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((addr, 0))
-        return addr, s.getsockname()[1]
 
 
 class LearnerRank(StageSteps):

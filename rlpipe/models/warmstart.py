@@ -31,11 +31,12 @@ def default_cache_dir() -> Path:
 
 def numerics() -> dict[str, str]:
     """What besides the settings decides the warm-started weights bit for bit (measured: docs/default-job.md)."""
+    from importlib.metadata import version  # transformers' version without importing it (a second of start-up)
+
     import torch
-    import transformers
 
     return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__,
-            "transformers": transformers.__version__}
+            "transformers": version("transformers")}
 
 
 def warmstart(

@@ -6,11 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-# Non-interactive backend: runs happen on headless machines and inside Ray jobs.
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -20,6 +15,12 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def plot_reward_curve(rows: list[dict[str, Any]], out: Path) -> None:
     """Training reward and greedy held-out accuracy against step."""
+    # Imported here, at the end of a run, not during its start-up; non-interactive: runs are headless or Ray jobs.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4))
     train = [(r["step"], r["rollout/reward_mean"]) for r in rows if r.get("rollout/reward_mean") is not None]
     evals = [(r["step"], r["eval/accuracy"]) for r in rows if r.get("eval/accuracy") is not None]
