@@ -4,7 +4,7 @@ XBai o4 / MetaStone-S1 (arXiv 2507.01951) score one position per reasoning step,
 delimiter. On the default tiny model that position barely encodes whether the step was right (docs/sprm.md), while
 the tokens where a slip was sampled are visible as low-probability tokens. The dense variant scores every response
 token from the features the policy's forward pass already has there (the hidden state, the sampled token's logprob,
-the distribution's entropy) and pools:
+the most likely token's logprob; the distribution's entropy on request) and pools:
 
 - a token t of trajectory i belongs to step k = the number of step ends strictly before t (``step_ids``); the
   tokens after the last step end form the last step;
@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 
 POOLINGS = ("min", "mean", "attention")
-FEATURES = ("hidden", "logprob", "entropy")  # what the head may read per token
+# What the head may read per token: the hidden state, the sampled token's logprob, the most likely token's logprob
+# (free: the logprobs' logsumexp and a max), the entropy (one more pass over the logits: ~1 % of a forward here).
+FEATURES = ("hidden", "logprob", "top_logprob", "entropy")
 
 
 def step_ids(step_end: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 
-def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 64) -> torch.Tensor:
+def entropy_from_logits(logits: torch.Tensor, chunk_rows: int = 64,
+                        logsumexp: Optional[torch.Tensor] = None) -> torch.Tensor:
     """H = logsumexp(z) − Σ softmax(z)·z per position, for logits [N, T, V] -> [N, T].
 
-    Computed in chunks of rows so the [N, T, V] softmax is never held whole next to the logits.
+    ``logsumexp`` [N, T]: logsumexp(z), when the caller has it already (the logprobs need it): the softmax is then
+    exp(z − logsumexp(z)), one pass over the logits less. Computed in chunks of rows so the [N, T, V] softmax is
+    never held whole next to the logits.
     """
     out = []
-    for chunk in logits.split(chunk_rows, dim=0):
-        lse = torch.logsumexp(chunk, dim=-1)
-        out.append(lse - (torch.softmax(chunk, dim=-1) * chunk).sum(dim=-1))
+    lse_chunks = logsumexp.split(chunk_rows, dim=0) if logsumexp is not None else None
+    for i, chunk in enumerate(logits.split(chunk_rows, dim=0)):
+        lse = lse_chunks[i] if lse_chunks is not None else torch.logsumexp(chunk, dim=-1)
+        out.append(lse - (torch.exp(chunk - lse.unsqueeze(-1)) * chunk).sum(dim=-1))
     return torch.cat(out) if out else logits.new_zeros(logits.shape[:-1])

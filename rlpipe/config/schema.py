@@ -50,8 +50,8 @@ class ScoreHeadConfig(Section):
     enabled: bool = _help("Train a score head on the policy's backbone next to the policy (XBai o4's SPRM; "
                           "docs/sprm.md).", False)
     kind: str = _help("'step': the paper's head, one score per step from the hidden state at the step's end. "
-                      "'dense': every response token's hidden state, sampled-token logprob and entropy, pooled into "
-                      "step and trajectory scores (rlpipe/learner/dense_head.py). 'both': the two side by side.",
+                      "'dense': every response token's hidden state, sampled-token logprob and top logprob, pooled "
+                      "into step and trajectory scores (rlpipe/learner/dense_head.py). 'both': the two side by side.",
                       "step")
     layer: int = _help("Backbone layer whose hidden states the head reads (index into hidden_states; -2 = the "
                        "second-to-last, as the paper).", -2)
@@ -79,8 +79,10 @@ class ScoreHeadConfig(Section):
     pooling: str = _help("'dense': how token scores become step scores and a trajectory score: 'min' (one bad token "
                          "condemns), 'mean', or 'attention' (learned weights).", "min")
     width: int = _help("'dense': the head's width (the hidden state is projected to it).", 16)
-    features: list[str] = _help("'dense': what the head reads per token: any of hidden, logprob, entropy.",
-                                default_factory=lambda: ["hidden", "logprob", "entropy"])
+    features: list[str] = _help("'dense': what the head reads per token: any of hidden, logprob, top_logprob (the "
+                                "most likely token's logprob), entropy (one more pass over the logits: about 1% of "
+                                "a forward pass on the default model, as much as the head itself).",
+                                default_factory=lambda: ["hidden", "logprob", "top_logprob"])
 
     def settings_for(self, kind: str) -> dict:
         """lr / agreement_filter / dropout with the kind's defaults filled in where they are unset."""

@@ -2,8 +2,9 @@
 1% of the forward pass, trained next to the policy on outcome labels — reading every response token.
 
 Per response token t it takes what the policy's forward pass already has there: the hidden state of one layer (its
-own position, so it has seen token t), the logprob the policy gives the sampled token, and the entropy of the
-distribution it was sampled from. A small MLP turns them into a token logit ``s_t`` and an attention logit ``a_t``;
+own position, so it has seen token t), the logprob the policy gives the sampled token, and the logprob of the token
+the policy found most likely there (how peaked the distribution was; free, from the logprobs' logsumexp). The
+distribution's entropy is a further choice (``features``); it costs one more pass over the logits. A small MLP turns them into a token logit ``s_t`` and an attention logit ``a_t``;
 ``rlpipe.algos.dense_prm.pool_steps`` pools them into step logits and a trajectory logit (``pooling``: min, mean,
 attention). The trajectory logit is trained with the step head's class-balanced BCE on the outcome label
 (``rlpipe.algos.sprm.sprm_loss`` over one "step" per trajectory; the agreement filter is an option).
@@ -62,8 +63,8 @@ def saved_dense_head(model_dir: str) -> Optional[DenseHeadSettings]:
 
 
 class DenseScoreHead(torch.nn.Module):
-    """``[Linear(h, width)(LayerNorm(hidden)), logprob, entropy] → Linear → ReLU → Dropout → Linear(width, 2)``,
-    plus the confidence prior ``w·logprob + b`` on the token logit."""
+    """``[Linear(h, width)(LayerNorm(hidden)), logprob, top logprob, entropy] → Linear → ReLU → Dropout →
+    Linear(width, 2)`` (the features asked for), plus the confidence prior ``w·logprob + b`` on the token logit."""
 
     def __init__(self, hidden_size: int, width: int, dropout: float, features: tuple[str, ...]):
         super().__init__()
@@ -71,7 +72,8 @@ class DenseScoreHead(torch.nn.Module):
         if unknown or not features:
             raise ValueError(f"features must be a non-empty subset of {FEATURES} (got {features})")
         self.features = features
-        n_in = (width if "hidden" in features else 0) + ("logprob" in features) + ("entropy" in features)
+        n_in = (width if "hidden" in features else 0) + sum(f in features for f in ("logprob", "top_logprob",
+                                                                                       "entropy"))
         if "hidden" in features:
             self.norm = torch.nn.LayerNorm(hidden_size, elementwise_affine=False)
             self.project = torch.nn.Linear(hidden_size, width)
@@ -83,15 +85,17 @@ class DenseScoreHead(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.tensor(0.0))
 
     def forward(self, hidden: Optional[torch.Tensor], logprob: torch.Tensor, entropy: Optional[torch.Tensor],
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """hidden [N, T, H] (or None), logprob [N, T], entropy [N, T] (or None) → (token logits, attention logits),
-        [N, T] each."""
+                top_logprob: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """hidden [N, T, H], logprob [N, T], entropy [N, T], top_logprob [N, T] (None where not a feature) →
+        (token logits, attention logits), [N, T] each."""
         lp = logprob.float().clamp(min=LOGPROB_FLOOR)
         parts = []
         if "hidden" in self.features:
             parts.append(self.project(self.norm(hidden.float())))
         if "logprob" in self.features:
             parts.append(lp.unsqueeze(-1))
+        if "top_logprob" in self.features:
+            parts.append(top_logprob.float().clamp(min=LOGPROB_FLOOR).unsqueeze(-1))
         if "entropy" in self.features:
             parts.append(entropy.float().unsqueeze(-1))
         delta, attention = self.out(self.mix(torch.cat(parts, dim=-1))).unbind(-1)
@@ -110,6 +114,7 @@ class DenseHeadTrainer(ReplicatedHead):
         self.s = settings
         self.hidden_layer = settings.layer if "hidden" in settings.features else None
         self.uses_entropy = "entropy" in settings.features
+        self.uses_top_logprob = "top_logprob" in settings.features
         with torch.random.fork_rng(devices=[]):  # the head's init must not shift the policy's random stream
             torch.manual_seed(seed + 104729)
             self.module = DenseScoreHead(hidden_size, settings.width, settings.dropout, settings.features).to(device)
@@ -122,7 +127,8 @@ class DenseHeadTrainer(ReplicatedHead):
         if self.hidden_layer is not None:
             hidden = scale_grad(fwd.hidden[self.hidden_layer][:, batch.prompt_len:], g)
         entropy = scale_grad(fwd.entropy, g) if self.uses_entropy else None
-        token, attention = self.module(hidden, scale_grad(fwd.logprobs, g), entropy)
+        top = scale_grad(fwd.top_logprobs, g) if self.uses_top_logprob else None
+        token, attention = self.module(hidden, scale_grad(fwd.logprobs, g), entropy, top)
         mask = batch.response_mask
         ends = step_end_mask(batch.input_ids[:, batch.prompt_len:].cpu(), mask.cpu(), self.s.delimiter_ids,
                              self.s.think_start_id, self.s.think_end_id)

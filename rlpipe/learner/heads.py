@@ -24,12 +24,14 @@ class Forward(NamedTuple):
     logprobs: torch.Tensor  # [N, T], 0 where response_mask is False
     entropy: Optional[torch.Tensor]  # [N, T] or None
     hidden: dict[int, torch.Tensor]  # layer index (into hidden_states) -> [N, P+T, H], for the layers heads asked for
+    top_logprobs: Optional[torch.Tensor] = None  # [N, T]: the most likely next token's logprob, or None
 
 
 class AuxiliaryHead(Protocol):
     name: str  # metric prefix ("<name>/loss", "<name>/auroc") and checkpoint key
     hidden_layer: Optional[int]  # the layer whose hidden states it reads (index into hidden_states), None = none
     uses_entropy: bool  # it reads Forward.entropy: the rank's scoring forward computes it too
+    uses_top_logprob: bool  # likewise Forward.top_logprobs
 
     def loss(self, fwd: Forward, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Its loss on one micro-batch (a mean over the micro-batch: the rank weighs micro-batches equally)."""
@@ -75,6 +77,7 @@ class ReplicatedHead:
     weights_file: str
     settings_file: str
     uses_entropy = False
+    uses_top_logprob = False
 
     def labels(self, batch: Any) -> torch.Tensor:
         """[N]: the outcome (1 correct, 0 wrong); -1 (left out) for format failures when so configured — their

@@ -75,12 +75,12 @@ class GlobalCounts:
 
 def forward_logprobs(
     model: torch.nn.Module, batch: TrainBatch, temperature: float, with_entropy: bool = False,
-    hidden_layers: Sequence[int] = (), timings: Optional[dict[str, float]] = None,
+    hidden_layers: Sequence[int] = (), timings: Optional[dict[str, float]] = None, with_top_logprob: bool = False,
 ) -> Forward:
-    """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy
-    and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2 is the second-to-last).
-    ``timings``, if given, gets ``entropy_seconds``: what the entropy added (a head that reads it pays for it where
-    the forward would not compute it otherwise)."""
+    """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy,
+    the most likely token's logprob, and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2
+    is the second-to-last). ``timings``, if given, gets ``entropy_seconds`` and ``top_logprob_seconds``: what each
+    added (a head that reads them pays for them where the forward would not compute them otherwise)."""
     p = batch.prompt_len
     n, t = batch.response_mask.shape
     if batch.packed is not None:
@@ -97,13 +97,17 @@ def forward_logprobs(
         logits = logits / temperature
     targets = batch.input_ids[:, p:]  # [N, T]
     # log_softmax via logsumexp: never materialises a second [N, T, V] tensor of probabilities.
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)  # [N, T]
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
     logprobs = logprobs.masked_fill(~batch.response_mask, 0.0)
     start = time.perf_counter()
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = entropy_from_logits(logits, logsumexp=lse) if with_entropy else None
+    middle = time.perf_counter()
+    top = (logits.amax(dim=-1) - lse).masked_fill(~batch.response_mask, 0.0) if with_top_logprob else None
     if timings is not None:
-        timings["entropy_seconds"] = time.perf_counter() - start
-    return Forward(logprobs, entropy, hidden)
+        timings["entropy_seconds"] = middle - start
+        timings["top_logprob_seconds"] = time.perf_counter() - middle
+    return Forward(logprobs, entropy, hidden, top)
 
 
 def _packed_forward(model: torch.nn.Module, batch: TrainBatch, hidden_layers: Sequence[int],

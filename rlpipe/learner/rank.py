@@ -98,6 +98,7 @@ class LearnerRank(StageSteps):
         self.heads = build_heads(heads, hidden_size, self.device, seed)
         self.hidden_layers = tuple(sorted({h.hidden_layer for h in self.heads if h.hidden_layer is not None}))
         self.heads_use_entropy = any(h.uses_entropy for h in self.heads)
+        self.heads_use_top_logprob = any(h.uses_top_logprob for h in self.heads)
         # This step's micro-batches, per mini-batch, with their rows' positions in the shard: kept from prepare to update.
         self._prepared: list[list[tuple[TrainBatch, torch.Tensor]]] = []
 
@@ -243,15 +244,16 @@ class LearnerRank(StageSteps):
             start = time.perf_counter()
             fwd = forward_logprobs(self.backend.module, micro, self.objective.temperature,
                                    with_entropy=self.heads_use_entropy, hidden_layers=self.hidden_layers,
-                                   timings=timings)
-            entropy_seconds = timings["entropy_seconds"]
-            out["forward_seconds"] += time.perf_counter() - start - entropy_seconds
+                                   timings=timings, with_top_logprob=self.heads_use_top_logprob)
+            extras = timings["entropy_seconds"] + timings["top_logprob_seconds"]
+            out["forward_seconds"] += time.perf_counter() - start - extras
             for head in self.heads:
                 start = time.perf_counter()
                 scores = head.scores(fwd, micro)
                 if scores is not None:
                     put(f"{head.name}_scores", scores)
-                spent = time.perf_counter() - start + (entropy_seconds if head.uses_entropy else 0.0)
+                spent = (time.perf_counter() - start + (timings["entropy_seconds"] if head.uses_entropy else 0.0)
+                         + (timings["top_logprob_seconds"] if head.uses_top_logprob else 0.0))
                 key = f"{head.name}_seconds"
                 out[key] = out.get(key, torch.zeros(1)) + spent
                 out["head_seconds"] += spent
@@ -311,7 +313,7 @@ class LearnerRank(StageSteps):
             for i, (micro, rows) in enumerate(micros):
                 micro.advantages = advantages[rows].to(self.device)
                 fwd = forward_logprobs(module, micro, self.objective.temperature, with_entropy=True,
-                                       hidden_layers=self.hidden_layers)
+                                       hidden_layers=self.hidden_layers, with_top_logprob=self.heads_use_top_logprob)
                 if index == 0:  # before the first optimizer step: engine vs learner on the weights of prepare
                     learner_lp = fwd.logprobs.detach()
                     gap = (micro.rollout_logprobs - learner_lp).abs() * micro.response_mask

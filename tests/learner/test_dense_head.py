@@ -15,7 +15,7 @@ H = 6
 def _settings(**overrides) -> DenseHeadSettings:
     base = dict(delimiter_ids=(D,), think_start_id=None, think_end_id=None, layer=-2, lr=1e-2, grad_scale=1e-4,
                 positive_weight=1.0, coef=1.0, dropout=0.0, agreement_filter=False, exclude_format_failures=True,
-                pooling="min", width=4, features=("hidden", "logprob", "entropy"))
+                pooling="min", width=4, features=("hidden", "logprob", "top_logprob", "entropy"))
     return DenseHeadSettings(**{**base, **overrides})
 
 
@@ -32,9 +32,10 @@ def _forward(batch, seed=0, requires_grad=False):
     logprobs = (-torch.rand(n, t, generator=g) * 3).masked_fill(~batch.response_mask, 0.0)
     entropy = torch.rand(n, t, generator=g)
     hidden = torch.randn(n, batch.input_ids.shape[1], H, generator=g)
-    for x in (logprobs, entropy, hidden):
+    top = torch.maximum(logprobs, -torch.rand(n, t, generator=g)).masked_fill(~batch.response_mask, 0.0)
+    for x in (logprobs, entropy, hidden, top):
         x.requires_grad_(requires_grad)
-    return Forward(logprobs, entropy, {-2: hidden})
+    return Forward(logprobs, entropy, {-2: hidden}, top)
 
 
 @pytest.mark.parametrize("pooling", ["min", "mean", "attention"])
@@ -57,11 +58,11 @@ def test_every_input_reaches_the_backbone_scaled_and_the_head_learns_at_full_str
         batch = _batch()
         fwd = _forward(batch, requires_grad=True)
         head = DenseHeadTrainer(H, _settings(grad_scale=scale, pooling="attention"), torch.device("cpu"), seed=0)
-        with torch.no_grad():  # leave the zero start so the hidden and entropy paths carry a gradient
+        with torch.no_grad():  # leave the zero start so the hidden, entropy and top paths carry a gradient
             head.module.out.weight.normal_(generator=torch.Generator().manual_seed(1))
         loss, metrics = head.loss(fwd, batch)
         loss.backward()
-        inputs = [fwd.logprobs.grad, fwd.entropy.grad, fwd.hidden[-2].grad]
+        inputs = [fwd.logprobs.grad, fwd.entropy.grad, fwd.hidden[-2].grad, fwd.top_logprobs.grad]
         return inputs, [p.grad.clone() for p in head.module.parameters()], float(loss.detach()), metrics
 
     scaled, head_scaled, loss_scaled, metrics = grads(1e-4)
@@ -108,7 +109,7 @@ def test_export_round_trip_and_the_registry(tmp_path):
     fwd = _forward(batch)
     settings = _settings(pooling="attention", features=("hidden", "logprob"))
     (head,) = build_heads([("dense_prm", settings)], H, torch.device("cpu"), seed=3)
-    assert head.hidden_layer == -2 and not head.uses_entropy
+    assert head.hidden_layer == -2 and not head.uses_entropy and not head.uses_top_logprob
     with torch.no_grad():
         for p in head.module.parameters():
             p.add_(0.1)
@@ -122,3 +123,27 @@ def test_export_round_trip_and_the_registry(tmp_path):
 def test_unknown_features_are_refused():
     with pytest.raises(ValueError, match="features"):
         DenseHeadTrainer(H, _settings(features=("hidden", "attention")), torch.device("cpu"), seed=0)
+
+
+def test_the_forward_gives_the_top_logprob_and_the_entropy_from_its_own_logsumexp(micro_model_dir):
+    """The extras a head may read, from a real Qwen2 forward: the most likely token's logprob is the max of
+    log_softmax, the entropy the textbook -Σ p log p (computed from the logprobs' logsumexp), both 0 off the
+    response, and asking for them leaves the logprobs unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    from rlpipe.learner.objective import forward_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(str(micro_model_dir), dtype=torch.float32).eval()
+    batch = build_batch([[1, 2, 3], [4]], [[5, 6, 7, 8], [9, 10]], [[0.0] * 4, [0.0] * 2], pad_id=0)
+    with torch.no_grad():
+        plain = forward_logprobs(model, batch, 0.7)
+        timings: dict[str, float] = {}
+        fwd = forward_logprobs(model, batch, 0.7, with_entropy=True, with_top_logprob=True, timings=timings)
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids).logits[:, batch.prompt_len - 1:-1].float() / 0.7
+    logp = torch.log_softmax(logits, dim=-1)
+    mask = batch.response_mask
+    assert plain.top_logprobs is None and set(timings) == {"entropy_seconds", "top_logprob_seconds"}
+    torch.testing.assert_close(fwd.logprobs, plain.logprobs)
+    torch.testing.assert_close(fwd.top_logprobs, logp.amax(-1).masked_fill(~mask, 0.0))
+    torch.testing.assert_close(fwd.entropy[mask], -(logp.exp() * logp).sum(-1)[mask], rtol=1e-5, atol=1e-5)
