@@ -3,7 +3,6 @@ from the config, and close them in one order. ``rlpipe train``, ``eval`` and ``f
 
 from __future__ import annotations
 
-import logging
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -16,8 +15,6 @@ from rlpipe.driver.collect import Collector
 from rlpipe.driver.prompts import PromptItem, PromptSource
 from rlpipe.driver.trainer import Trainer
 from rlpipe.errors import UserError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
