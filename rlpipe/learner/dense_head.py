@@ -63,7 +63,7 @@ def saved_dense_head(model_dir: str) -> Optional[DenseHeadSettings]:
 
 
 class DenseScoreHead(torch.nn.Module):
-    """``[LayerNorm(Linear(h, width)(hidden)), logprob, top logprob, entropy] → Linear → ReLU → Dropout →
+    """``[normalise(Linear(h, width)(hidden)), logprob, top logprob, entropy] → Linear → ReLU → Dropout →
     Linear(width, 2)`` (the features asked for), plus the confidence prior ``w·logprob + b`` on the token logit.
 
     The projection is normalised, not the hidden state: the same independence of the residual stream's scale, for
@@ -79,7 +79,6 @@ class DenseScoreHead(torch.nn.Module):
                                                                                        "entropy"))
         if "hidden" in features:
             self.project = torch.nn.Linear(hidden_size, width)
-            self.norm = torch.nn.LayerNorm(width, elementwise_affine=False)
         self.mix = torch.nn.Sequential(torch.nn.Linear(n_in, width), torch.nn.ReLU(), torch.nn.Dropout(dropout))
         self.out = torch.nn.Linear(width, 2)  # (δ_t, a_t); zero: the head starts at the prior
         torch.nn.init.zeros_(self.out.weight)
@@ -94,7 +93,7 @@ class DenseScoreHead(torch.nn.Module):
         lp = logprob.float().clamp(min=LOGPROB_FLOOR)
         parts = []
         if "hidden" in self.features:
-            parts.append(self.norm(self.project(hidden.float())))
+            parts.append(_normalise(self.project(hidden.float())))
         if "logprob" in self.features:
             parts.append(lp.unsqueeze(-1))
         if "top_logprob" in self.features:
@@ -104,6 +103,13 @@ class DenseScoreHead(torch.nn.Module):
         delta, attention = self.out(self.mix(torch.cat(parts, dim=-1))).unbind(-1)
         prior = self.logprob_weight * lp if "logprob" in self.features else 0.0
         return prior + self.bias + delta, attention
+
+
+def _normalise(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """LayerNorm without affine parameters over the last dimension, written out: for rows this narrow it took half
+    the time of ``torch.nn.LayerNorm`` here (the fused kernel is built for wide rows)."""
+    centred = x - x.mean(dim=-1, keepdim=True)
+    return centred * torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + eps)
 
 
 @AUXILIARY_HEADS.register("dense_prm")
@@ -127,17 +133,20 @@ class DenseHeadTrainer(ReplicatedHead):
         """(step logits [N, S], step mask [N, S], trajectory logits [N]) of one micro-batch."""
         g = self.s.grad_scale
         mask = batch.response_mask
-        real = mask.nonzero(as_tuple=True)  # the head runs on response tokens only, not on the batch's padding
+        n, t = mask.shape
+        real = mask.flatten().nonzero().squeeze(1)  # the head runs on response tokens only, not on the padding
 
         def on_response(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-            return None if x is None else scale_grad(x[real], g)
+            """[N, T, ...] -> [K, ...] at the real tokens (index_select: ~5x faster here than boolean indexing)."""
+            return None if x is None else scale_grad(x.reshape(n * t, *x.shape[2:]).index_select(0, real), g)
 
-        hidden = fwd.hidden[self.hidden_layer][:, batch.prompt_len:] if self.hidden_layer is not None else None
+        hidden = fwd.hidden[self.hidden_layer] if self.hidden_layer is not None else None
         token_k, attention_k = self.module(on_response(hidden), on_response(fwd.logprobs),
                                            on_response(fwd.entropy if self.uses_entropy else None),
                                            on_response(fwd.top_logprobs if self.uses_top_logprob else None))
-        token = token_k.new_zeros(mask.shape).index_put(real, token_k)  # [N, T]; off the response: not read
-        attention = attention_k.new_zeros(mask.shape).index_put(real, attention_k)
+        # [N, T]; off the response 0, never read by the pooling
+        token = token_k.new_zeros(n * t).index_copy(0, real, token_k).view(n, t)
+        attention = attention_k.new_zeros(n * t).index_copy(0, real, attention_k).view(n, t)
         ends = step_end_mask(batch.input_ids[:, batch.prompt_len:].cpu(), mask.cpu(), self.s.delimiter_ids,
                              self.s.think_start_id, self.s.think_end_id)
         return pool_steps(token, attention, step_ids(ends, mask.cpu()).to(token.device), self.s.pooling)

@@ -23,7 +23,7 @@ class Forward(NamedTuple):
 
     logprobs: torch.Tensor  # [N, T], 0 where response_mask is False
     entropy: Optional[torch.Tensor]  # [N, T] or None
-    hidden: dict[int, torch.Tensor]  # layer index (into hidden_states) -> [N, P+T, H], for the layers heads asked for
+    hidden: dict[int, torch.Tensor]  # layer index (into hidden_states) -> [N, T, H] at the response positions
     top_logprobs: Optional[torch.Tensor] = None  # [N, T]: the most likely next token's logprob, or None
 
 

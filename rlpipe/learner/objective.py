@@ -79,12 +79,14 @@ def forward_logprobs(
 ) -> Forward:
     """Logprobs of the response tokens under ``softmax(logits / temperature)``; optionally the per-token entropy,
     the most likely token's logprob, and the hidden states of ``hidden_layers`` (indices into ``hidden_states``: -2
-    is the second-to-last). ``timings``, if given, gets ``entropy_seconds`` and ``top_logprob_seconds``: what each
-    added (a head that reads them pays for them where the forward would not compute them otherwise)."""
+    is the second-to-last) at the response positions, [N, T, H]. ``timings``, if given, gets ``entropy_seconds``,
+    ``top_logprob_seconds`` and ``hidden_seconds``: what each added (a head that reads them pays for them where the
+    forward would not compute them otherwise)."""
     p = batch.prompt_len
     n, t = batch.response_mask.shape
+    timings = timings if timings is not None else {}
     if batch.packed is not None:
-        logits, hidden = _packed_forward(model, batch, hidden_layers)
+        logits, hidden = _packed_forward(model, batch, hidden_layers, timings)
         logits = logits.view(n, t, -1)
     else:
         # Logits for the last T+1 positions only (the output layer never runs over the prompt): position p-1+t
@@ -92,7 +94,8 @@ def forward_logprobs(
         out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                     output_hidden_states=bool(hidden_layers), logits_to_keep=t + 1)
         logits = out.logits[:, :-1].float()  # [N, T, V]
-        hidden = {layer: out.hidden_states[layer] for layer in hidden_layers}
+        hidden = {layer: out.hidden_states[layer][:, p:] for layer in hidden_layers}
+        timings["hidden_seconds"] = 0.0  # views of what the forward returned
     if temperature > 0 and temperature != 1.0:
         logits = logits / temperature
     targets = batch.input_ids[:, p:]  # [N, T]
@@ -104,16 +107,16 @@ def forward_logprobs(
     entropy = entropy_from_logits(logits, logsumexp=lse) if with_entropy else None
     middle = time.perf_counter()
     top = (logits.amax(dim=-1) - lse).masked_fill(~batch.response_mask, 0.0) if with_top_logprob else None
-    if timings is not None:
-        timings["entropy_seconds"] = middle - start
-        timings["top_logprob_seconds"] = time.perf_counter() - middle
+    timings["entropy_seconds"] = middle - start
+    timings["top_logprob_seconds"] = time.perf_counter() - middle
     return Forward(logprobs, entropy, hidden, top)
 
 
-def _packed_forward(model: torch.nn.Module, batch: TrainBatch, hidden_layers: Sequence[int],
+def _packed_forward(model: torch.nn.Module, batch: TrainBatch, hidden_layers: Sequence[int], timings: dict[str, float],
                     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
     """One forward over the packed stream: the logits that predict each response token, [N*T, V] float (the output
-    layer runs only there), and the asked-for layers' hidden states laid out as the padded batch's, [N, P+T, H]."""
+    layer runs only there), and the asked-for layers' hidden states at the response positions laid out as the padded
+    batch's, [N, T, H] (``timings["hidden_seconds"]``: that gather, which only the heads need)."""
     from rlpipe.learner.packing import LAYOUT_KWARG, MASK_KWARG, mask_placeholder, packed_attention_on
 
     layout = batch.packed
@@ -121,7 +124,10 @@ def _packed_forward(model: torch.nn.Module, batch: TrainBatch, hidden_layers: Se
         out = model(input_ids=layout.input_ids, attention_mask=mask_placeholder(layout.input_ids.device),
                     position_ids=layout.position_ids, logits_to_keep=layout.predict,
                     output_hidden_states=bool(hidden_layers), **{LAYOUT_KWARG: layout, MASK_KWARG: layout.row_mask()})
-    hidden = {layer: out.hidden_states[layer][0][layout.padded_index] for layer in hidden_layers}
+    start = time.perf_counter()
+    response_index = layout.padded_index[:, batch.prompt_len:]
+    hidden = {layer: out.hidden_states[layer][0][response_index] for layer in hidden_layers}
+    timings["hidden_seconds"] = time.perf_counter() - start
     return out.logits[0].float(), hidden
 
 

@@ -245,7 +245,7 @@ class LearnerRank(StageSteps):
             fwd = forward_logprobs(self.backend.module, micro, self.objective.temperature,
                                    with_entropy=self.heads_use_entropy, hidden_layers=self.hidden_layers,
                                    timings=timings, with_top_logprob=self.heads_use_top_logprob)
-            extras = timings["entropy_seconds"] + timings["top_logprob_seconds"]
+            extras = timings["entropy_seconds"] + timings["top_logprob_seconds"] + timings["hidden_seconds"]
             out["forward_seconds"] += time.perf_counter() - start - extras
             for head in self.heads:
                 start = time.perf_counter()
@@ -253,7 +253,8 @@ class LearnerRank(StageSteps):
                 if scores is not None:
                     put(f"{head.name}_scores", scores)
                 spent = (time.perf_counter() - start + (timings["entropy_seconds"] if head.uses_entropy else 0.0)
-                         + (timings["top_logprob_seconds"] if head.uses_top_logprob else 0.0))
+                         + (timings["top_logprob_seconds"] if head.uses_top_logprob else 0.0)
+                         + (timings["hidden_seconds"] if head.hidden_layer is not None else 0.0))
                 key = f"{head.name}_seconds"
                 out[key] = out.get(key, torch.zeros(1)) + spent
                 out["head_seconds"] += spent

@@ -76,9 +76,10 @@ class ScoreHeadTrainer(ReplicatedHead):
         self.optimizer = torch.optim.AdamW(self.head.parameters(), lr=settings.lr)
 
     def step_logits(self, hidden: torch.Tensor, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits [N, T], scored-position mask [N, T]) from the chosen layer's hidden states [N, P+T, H]."""
+        """(logits [N, T], scored-position mask [N, T]) from the chosen layer's hidden states [N, T, H] (at the
+        response positions)."""
         p = batch.prompt_len
-        logits = self.head(scale_grad(hidden[:, p:].float(), self.s.grad_scale))
+        logits = self.head(scale_grad(hidden.float(), self.s.grad_scale))
         mask = step_end_mask(batch.input_ids[:, p:].cpu(), batch.response_mask.cpu(), self.s.delimiter_ids,
                              self.s.think_start_id, self.s.think_end_id).to(logits.device)
         return logits, mask

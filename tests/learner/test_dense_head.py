@@ -31,7 +31,7 @@ def _forward(batch, seed=0, requires_grad=False):
     n, t = batch.response_mask.shape
     logprobs = (-torch.rand(n, t, generator=g) * 3).masked_fill(~batch.response_mask, 0.0)
     entropy = torch.rand(n, t, generator=g)
-    hidden = torch.randn(n, batch.input_ids.shape[1], H, generator=g)
+    hidden = torch.randn(n, t, H, generator=g)  # at the response positions
     top = torch.maximum(logprobs, -torch.rand(n, t, generator=g)).masked_fill(~batch.response_mask, 0.0)
     for x in (logprobs, entropy, hidden, top):
         x.requires_grad_(requires_grad)
@@ -143,7 +143,7 @@ def test_the_forward_gives_the_top_logprob_and_the_entropy_from_its_own_logsumex
                        position_ids=batch.position_ids).logits[:, batch.prompt_len - 1:-1].float() / 0.7
     logp = torch.log_softmax(logits, dim=-1)
     mask = batch.response_mask
-    assert plain.top_logprobs is None and set(timings) == {"entropy_seconds", "top_logprob_seconds"}
+    assert plain.top_logprobs is None and set(timings) == {"entropy_seconds", "top_logprob_seconds", "hidden_seconds"}
     torch.testing.assert_close(fwd.logprobs, plain.logprobs)
     torch.testing.assert_close(fwd.top_logprobs, logp.amax(-1).masked_fill(~mask, 0.0))
     torch.testing.assert_close(fwd.entropy[mask], -(logp.exp() * logp).sum(-1)[mask], rtol=1e-5, atol=1e-5)

@@ -42,7 +42,7 @@ def _logprobs_and_grads(model, batch):
     head reads), and the gradients of a loss over all three."""
     model.zero_grad(set_to_none=True)
     fwd = forward_logprobs(model, batch, temperature=0.7, with_entropy=True, hidden_layers=(-2,))
-    hidden = fwd.hidden[-2][:, batch.prompt_len:] * batch.response_mask.unsqueeze(-1)
+    hidden = fwd.hidden[-2] * batch.response_mask.unsqueeze(-1)
     (fwd.logprobs.sum() + 0.1 * (fwd.entropy * batch.response_mask).sum() + 0.01 * hidden.sum()).backward()
     grads = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
     return fwd.logprobs.detach(), (fwd.entropy * batch.response_mask).detach(), hidden.detach(), grads

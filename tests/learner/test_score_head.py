@@ -31,7 +31,7 @@ def _grads(scale: float):
     torch.manual_seed(0)
     head = ScoreHeadTrainer(4, _settings(grad_scale=scale, dropout=0.0), torch.device("cpu"), seed=0)
     batch = _batch()
-    hidden = torch.randn(2, batch.input_ids.shape[1], 4, requires_grad=True)
+    hidden = torch.randn(2, batch.response_mask.shape[1], 4, requires_grad=True)  # at the response positions
     loss, metrics = head.loss(_forward(hidden), batch)
     loss.backward()
     return hidden.grad, [p.grad.clone() for p in head.head.parameters()], float(loss), metrics
@@ -50,7 +50,7 @@ def test_backbone_gradient_is_scaled_and_the_head_gradient_is_not():
 def test_scores_cover_the_scored_steps_only():
     head = ScoreHeadTrainer(4, _settings(), torch.device("cpu"), seed=0)
     batch = _batch()
-    hidden = torch.randn(2, batch.input_ids.shape[1], 4)
+    hidden = torch.randn(2, batch.response_mask.shape[1], 4)
     scores = head.scores(_forward(hidden), batch)
     head.head.eval()  # dropout off, as scoring does
     logits, mask = head.step_logits(hidden, batch)
