@@ -83,3 +83,36 @@ def pool_steps(
     has_tokens = step_mask.any(dim=1)
     trajectory = torch.where(has_tokens, trajectory, torch.zeros_like(trajectory))
     return steps_out, step_mask, trajectory
+
+
+STEP_FREE_POOLINGS = ("min", "attention")  # their trajectory logit does not depend on where the steps end
+
+
+def pool_trajectory(token_logits: torch.Tensor, attention_logits: torch.Tensor, rows: torch.Tensor, n: int,
+                    how: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trajectory logit of ``pool_steps`` straight from the response tokens, for the poolings whose trajectory
+    the steps do not change: ``min`` (the lowest step minimum is the lowest token) and ``attention`` (step weights
+    ∝ Σ exp(a_t) over the step make one softmax over all the trajectory's tokens). No step ends to find, no [N, S]
+    table: what scoring a candidate needs, at a fraction of the work.
+
+    Args:
+        token_logits, attention_logits: [K] the response tokens' logits (``attention_logits`` read by attention
+        only). rows: [K] long, the trajectory each token belongs to. n: trajectories. how: one of
+        ``STEP_FREE_POOLINGS``.
+    Returns:
+        (trajectory logits [N], 0 for a trajectory without tokens; has_tokens [N] bool).
+    """
+    if how not in STEP_FREE_POOLINGS:
+        raise ValueError(f"pooling must be one of {STEP_FREE_POOLINGS} here (got {how!r}); 'mean' needs the steps")
+    x = token_logits.float()
+    has_tokens = torch.bincount(rows, minlength=n) > 0
+    if how == "min":
+        big = torch.finfo(x.dtype).max
+        trajectory = x.new_full((n,), big).scatter_reduce(0, rows, x, reduce="amin", include_self=True)
+    else:
+        a = attention_logits.float()
+        top = a.new_full((n,), float("-inf")).scatter_reduce(0, rows, a.detach(), reduce="amax", include_self=True)
+        e = (a - top[rows]).exp()  # [K], exp(a_t - max over the trajectory)
+        trajectory = (x.new_zeros(n).scatter_add(0, rows, e * x)
+                      / x.new_zeros(n).scatter_add(0, rows, e).clamp(min=1e-30))
+    return torch.where(has_tokens, trajectory, torch.zeros_like(trajectory)), has_tokens

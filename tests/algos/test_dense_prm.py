@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from rlpipe.algos.dense_prm import pool_steps, step_ids
+from rlpipe.algos.dense_prm import pool_steps, pool_trajectory, step_ids
 
 # Two trajectories of 6 response tokens. Row 0: steps end at t=1 and t=3 → steps {0,1}, {2,3}, {4,5}.
 # Row 1: one step end at t=0, the response is 4 tokens long → steps {0}, {1,2,3}; t=4,5 are padding.
@@ -67,3 +67,43 @@ def test_an_empty_response_pools_to_zero():
 def test_an_unknown_pooling_is_refused():
     with pytest.raises(ValueError, match="pooling"):
         pool_steps(TOKENS, TOKENS, step_ids(STEP_END, MASK), "max")
+
+
+def _tokens(values: torch.Tensor):
+    """The real tokens of MASK as the head hands them over: [K] values and the row of each."""
+    return values[MASK], MASK.nonzero()[:, 0]
+
+
+def test_token_pooling_gives_the_trajectory_by_hand():
+    """min: row 0's lowest token −2, row 1's −1 (its padding's −50 is not a token); attention with logits
+    (0, ln 3, 0, 0) on row 1: (2 − 3 + 1 + 3) / 6, as pool_steps' by-hand case."""
+    attention = torch.tensor([[0.0] * 6, [0.0, math.log(3.0), 0.0, 0.0, 9.0, 9.0]])
+    tokens, rows = _tokens(TOKENS)
+    trajectory, has = pool_trajectory(tokens, _tokens(attention)[0], rows, 2, "min")
+    assert trajectory.tolist() == [-2.0, -1.0] and has.tolist() == [True, True]
+    trajectory, _ = pool_trajectory(tokens, _tokens(attention)[0], rows, 2, "attention")
+    assert trajectory.tolist() == pytest.approx([7.0 / 6, 3.0 / 6])
+
+
+@pytest.mark.parametrize("how", ["min", "attention"])
+def test_token_pooling_equals_step_pooling_in_value_and_gradient(how):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 6, generator=g).requires_grad_(True)
+    a = torch.randn(2, 6, generator=g).requires_grad_(True)
+    _, _, expected = pool_steps(x, a, step_ids(STEP_END, MASK), how)
+    expected.sum().backward()
+    grads = x.grad.clone(), (a.grad.clone() if a.grad is not None else torch.zeros_like(a))  # min reads no attention
+    x.grad, a.grad = None, None
+    rows = MASK.nonzero()[:, 0]
+    got, _ = pool_trajectory(x[MASK], a[MASK], rows, 2, how)
+    got.sum().backward()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(x.grad, grads[0])
+    torch.testing.assert_close(a.grad if a.grad is not None else torch.zeros_like(a), grads[1])
+
+
+def test_token_pooling_of_an_empty_trajectory_is_zero_and_mean_is_refused():
+    trajectory, has = pool_trajectory(torch.tensor([1.0, 2.0]), torch.zeros(2), torch.tensor([0, 0]), 2, "min")
+    assert trajectory.tolist() == [1.0, 0.0] and has.tolist() == [True, False]
+    with pytest.raises(ValueError, match="steps"):
+        pool_trajectory(torch.tensor([1.0]), torch.zeros(1), torch.tensor([0]), 1, "mean")
