@@ -95,7 +95,8 @@ def main() -> None:
     args = ap.parse_args()
     rows = [measure(size, args.kind, args.rounds) for size in args.sizes.split(",")]
     print(f"\n{args.kind} head, {rows[0]['candidates']} candidates, median of {args.rounds} rounds, one thread\n")
-    print("| model | parameters | forward ms / candidate | head ms / candidate | head ÷ forward | head weights ÷ backbone's |")
+    print("| model | parameters | forward ms / candidate | head ms / candidate | head ÷ forward "
+          "| head weights ÷ backbone's |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['params'] / 1e6:.1f}M | {r['forward_ms']:.3f} | {r['head_ms']:.4f} | "
