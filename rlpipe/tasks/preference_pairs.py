@@ -3,6 +3,9 @@
 File rows: ``prompt``, ``chosen``, ``rejected`` — plain strings, or conversational (the prompt a list of messages,
 chosen and rejected lists of assistant messages). Each side is encoded like an SFT ``prompt`` + ``completion`` row
 (rlpipe.tasks.conversations), so the completion's tokens, up to its end-of-sequence token, are what the loss reads.
+A row without ``prompt`` (TRL's implicit prompt: chosen and rejected are whole conversations or texts, as in
+Anthropic's HH-RLHF) is split at the longest common prefix (``split_implicit_prompt``), as TRL's
+``extract_prompt`` does.
 
 Built pairs (``pair_from_group``): EXAONE 4.0's concision round — among one prompt's k scored responses, chosen = the
 shortest correct one; rejected = a wrong one, or (rule ``longer`` / ``wrong_or_longer``) a correct one at least
@@ -34,7 +37,48 @@ class PreferencePair:
         return len(self.prompt_ids) + len(self.chosen_ids) + len(self.rejected_ids)
 
 
+def split_implicit_prompt(row: dict) -> dict:
+    """``row`` with ``prompt`` taken out of ``chosen`` and ``rejected`` when it has none (TRL's implicit prompt).
+
+    Conversational rows (lists of messages) split after their longest run of equal leading messages; what follows
+    must start with an assistant turn on both sides. Plain strings split at their longest common prefix, moved back
+    by one character when that character is a space, so " 4" and " 5" keep their leading space (TRL's rule: the
+    completion is encoded on its own, and a prompt ending in a space tokenizes differently from the same text
+    followed by the answer). A row with a ``prompt`` is returned as it is.
+    """
+    if "prompt" in row or "chosen" not in row or "rejected" not in row:
+        return row
+    chosen, rejected = row["chosen"], row["rejected"]
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        cut = _common_prefix(chosen, rejected)
+        rest = (chosen[cut:], rejected[cut:])
+        if cut == 0 or not all(side and isinstance(side[0], dict) and side[0].get("role") == "assistant"
+                               for side in rest):
+            raise BadRow("no_common_prompt", "no 'prompt', and chosen and rejected do not share leading messages "
+                                             "followed by an assistant turn on both sides")
+    elif isinstance(chosen, str) and isinstance(rejected, str):
+        cut = _common_prefix(chosen, rejected)
+        if cut and chosen[cut - 1] == " ":
+            cut -= 1
+        rest = (chosen[cut:], rejected[cut:])
+        if cut == 0 or not all(side.strip() for side in rest):
+            raise BadRow("no_common_prompt", "no 'prompt', and chosen and rejected do not share a leading text "
+                                             "followed by a different completion on each side")
+    else:
+        raise BadRow("missing_field", "no 'prompt' field, and chosen and rejected are not both strings or both "
+                                      "lists of messages (a preference row has prompt, chosen and rejected)")
+    return {**row, "prompt": chosen[:cut], "chosen": rest[0], "rejected": rest[1]}
+
+
+def _common_prefix(a: Sequence, b: Sequence) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def encode_pair(encoder: ChatEncoder, row: dict, uid: str, max_tokens: int) -> PreferencePair:
+    row = split_implicit_prompt(row)
     for name in ("prompt", "chosen", "rejected"):
         if name not in row:
             raise BadRow("missing_field", f"no '{name}' field (a preference row has prompt, chosen and rejected)")

@@ -1,6 +1,6 @@
-"""``rlpipe prefer`` end to end on real parts: DPO on a file of TRL-format pairs (plain and conversational rows),
-with a frozen reference on two FSDP2 ranks; and online pairs built from the policy's own vLLM samples scored by the
-verifier, the new weights pushed to the engine every step."""
+"""``rlpipe prefer`` end to end on real parts: DPO on a file of TRL-format pairs (plain, conversational and
+implicit-prompt rows), with a frozen reference on two FSDP2 ranks; and online pairs built from the policy's own vLLM
+samples scored by the verifier, the new weights pushed to the engine every step."""
 
 import json
 import subprocess
@@ -20,9 +20,12 @@ def _pairs(n):
     for i in range(n):
         a, b = 10 + i % 20, i % 7
         question, right, wrong = f"Compute {a} + {b}.", f"The answer is {a + b}.", f"The answer is {a + b + 10}."
-        if i % 2:
-            rows.append({"prompt": [{"role": "user", "content": question}],
-                         "chosen": [{"role": "assistant", "content": right}],
+        user = [{"role": "user", "content": question}]
+        if i % 4 == 3:  # TRL's implicit prompt: whole conversations, split where they differ
+            rows.append({"chosen": user + [{"role": "assistant", "content": right}],
+                         "rejected": user + [{"role": "assistant", "content": wrong}]})
+        elif i % 2:
+            rows.append({"prompt": user, "chosen": [{"role": "assistant", "content": right}],
                          "rejected": [{"role": "assistant", "content": wrong}]})
         else:
             rows.append({"prompt": question, "chosen": " " + right, "rejected": " " + wrong})
