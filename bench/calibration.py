@@ -35,13 +35,17 @@ TASK = ["data.mode=reasoning", "data.operations=[1,2,3,4]", "rollout.max_respons
 def sft(out: Path) -> Path:
     model = out / "sft" / "final_model"
     if not (model / "config.json").exists():
-        cmd = [sys.executable, "-m", "rlpipe.sft", *TASK, "model.tiny.teacher_slip_rate=0.2",
-               "sft.teacher_recheck_rate=0.9", "learner.num_workers=1", "learner.threads_per_rank=2",
-               f"trainer.output_dir={out / 'sft'}", "logger.progress_bar=false"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"rlpipe sft failed:\n{done.stderr[-2000:]}")
+        _command("sft", "model.tiny.teacher_slip_rate=0.2", "sft.teacher_recheck_rate=0.9", "learner.num_workers=1",
+                 "learner.threads_per_rank=2", f"trainer.output_dir={out / 'sft'}")
     return model
+
+
+def _command(name: str, *overrides: str) -> None:
+    """``python -m rlpipe.<name>`` on the task; a failure ends the bench with its stderr."""
+    cmd = [sys.executable, "-m", f"rlpipe.{name}", *TASK, "logger.progress_bar=false", *overrides]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"rlpipe {name} failed:\n{done.stderr[-2000:]}")
 
 
 def train(start: Path, steps: int, extra: list[str], run_dir: Path) -> dict:
@@ -54,11 +58,7 @@ def train(start: Path, steps: int, extra: list[str], run_dir: Path) -> dict:
 
 def evaluate(model: Path, out: Path, extra: list[str]) -> dict:
     """The reasoning-mode row of ``rlpipe eval`` (accuracy, mean tokens, tokens by pass rate)."""
-    cmd = [sys.executable, "-m", "rlpipe.eval", f"model.path={model}", *TASK, "eval.samples_per_prompt=4",
-           f"eval.output_dir={out}", "logger.progress_bar=false", *extra]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"rlpipe eval failed:\n{done.stderr[-2000:]}")
+    _command("eval", f"model.path={model}", "eval.samples_per_prompt=4", f"eval.output_dir={out}", *extra)
     rows = json.loads((out / "eval.json").read_text())["by_mode_and_budget"]
     return next(r for r in rows if r["thinking_budget"] is None)
 
